@@ -1,0 +1,3 @@
+"""rftkit: self-hosted reinforcement fine-tuning for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""GRPO: group-relative advantages and the clipped policy-gradient loss. Pure tensor maths.
+
+How this differs from the GRPO paper (Shao et al., 2024), and why:
+- Token-level aggregation: the loss is summed over every completion token of the step and
+  divided by the step's total completion-token count (as in DAPO), not averaged per
+  sequence first. Long answers are not down-weighted, and the same normaliser is used for
+  every micro-batch so gradient accumulation equals one full-batch update exactly.
+- KL to the reference is off by default (beta = 0, as in DAPO and Dr. GRPO) and, when on,
+  uses the k3 estimator as a loss term, as the paper does.
+- Failed gradings (reward None, given here as NaN) take no part: they are left out of their
+  group's mean and std and get advantage 0 and loss weight 0.
+- `group_mean` (Dr. GRPO) skips the division by the group std, which otherwise favours
+  groups whose rewards barely differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _group_stats(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std over the valid entries of each group. rewards: [G, N], NaN = failed."""
+    valid = ~torch.isnan(rewards)  # [G, N]
+    count = valid.sum(-1, keepdim=True).clamp(min=1)  # [G, 1]
+    filled = torch.where(valid, rewards, torch.zeros_like(rewards))
+    mean = filled.sum(-1, keepdim=True) / count  # [G, 1]
+    var = (torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+    return mean, var.sqrt(), valid
+
+
+def group_mean_std(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantage: (r - mean_group) / (std_group + eps). [G, N] -> [G, N], 0 where failed."""
+    mean, std, valid = _group_stats(rewards)
+    return torch.where(valid, (rewards - mean) / (std + eps), torch.zeros_like(rewards))
+
+
+def group_mean(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Dr. GRPO advantage: r - mean_group. [G, N] -> [G, N], 0 where failed."""
+    mean, _, valid = _group_stats(rewards)
+    return torch.where(valid, rewards - mean, torch.zeros_like(rewards))
+
+
+ADVANTAGES = {"group_mean_std": group_mean_std, "group_mean": group_mean}
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref - logp. Always >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor  # scalar to backpropagate (already divided by the normaliser)
+    pg_loss: torch.Tensor  # scalar, policy-gradient part only, detached
+    kl: torch.Tensor  # summed per-token KL, detached (divide by token count for the mean)
+    clipped: torch.Tensor  # number of tokens whose ratio was clipped, detached
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float,
+    normalizer: float,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+) -> LossParts:
+    """PPO-style clipped surrogate with optional k3 KL, summed over tokens / `normalizer`.
+
+    logp, old_logp, mask, ref_logp: [B, T]; advantages: [B]. `mask` is 1 on completion
+    tokens. `normalizer` is the completion-token count of the whole step, so the micro-batch
+    losses add up to the step's token mean. With one update per batch (mu = 1) old_logp is
+    logp detached: the ratio is 1 and the gradient is advantage * grad log p.
+    """
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    adv = advantages[:, None]  # [B, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv
+    per_token = -torch.min(unclipped, clipped)  # [B, T]
+    pg = (per_token * mask).sum() / normalizer
+    loss = pg
+    kl_sum = torch.zeros(())
+    if ref_logp is not None and beta > 0:
+        kl = kl_k3(logp, ref_logp)  # [B, T]
+        loss = loss + beta * (kl * mask).sum() / normalizer
+        kl_sum = (kl * mask).sum().detach()
+    was_clipped = ((clipped < unclipped).float() * mask).sum().detach()
+    return LossParts(loss=loss, pg_loss=pg.detach(), kl=kl_sum, clipped=was_clipped)

@@ -1,0 +1,106 @@
+"""The `rft` command: parses arguments and dispatches to the library. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from rftkit.errors import UserError
+
+app = typer.Typer(help="rftkit: reinforcement fine-tuning for language models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+err = Console(stderr=True)
+out = Console()
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    args: list[str] = typer.Argument(None, help="CONFIG.yaml, then key=value overrides (e.g. train.steps=50)"),
+    resume: Path = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; a line every ~5% of the run"),
+) -> None:
+    """Train with GRPO: generate, grade, update; checkpoints and metrics go to run.dir."""
+    from rftkit.config import load_config
+    from rftkit.train.loop import Trainer
+
+    args = list(args or [])
+    config_path = args.pop(0) if args and "=" not in args[0] else None
+    if config_path is None and resume is not None and (resume / "config.yaml").exists():
+        config_path = str(resume / "config.yaml")
+    if resume is not None:
+        args.append(f"run.dir={resume}")
+    cfg = load_config(config_path, args)
+    err.print("[bold]resolved config[/bold]")
+    err.print(cfg.to_yaml(), highlight=False, markup=False)
+    final = Trainer(cfg, err, quiet).train(resume=resume is not None)
+    out.print(str(final))
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Path = typer.Argument(..., help="JSONL file of Items"),
+    grader: str = typer.Option(None, "--grader", help="grader type or YAML/JSON file; checks reference_answer if it needs one"),
+    require_reference: bool = typer.Option(False, "--require-reference", help="every line must have a reference_answer"),
+) -> None:
+    """Report every bad line of a dataset with its line number; exit 1 if any."""
+    from rftkit.data import format_report, validate_file
+    from rftkit.graders import build_grader, load_grader_spec
+
+    if grader:
+        require_reference = require_reference or build_grader(load_grader_spec(grader), "--grader").needs_reference
+    report = validate_file(file, require_reference=require_reference)
+    text = format_report(report)
+    (out if report.ok else err).print(text, highlight=False, markup=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@eval_app.command("run")
+def eval_run(
+    model: str = typer.Option("bundled:tiny-arith", "--model", help="HF folder, run's final/ folder, hub id or bundled:NAME"),
+    data: Path = typer.Option(..., "--data", help="JSONL file of Items"),
+    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    samples: int = typer.Option(8, "--samples", "-k", min=1, help="completions per item (K of pass@K)"),
+    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """pass@1, pass@K (unbiased estimator) and mean reward of a model on a dataset."""
+    from rftkit.eval.run import run_eval
+    from rftkit.graders import load_grader_spec
+
+    result = run_eval(model, str(data), load_grader_spec(grader), samples, temperature, max_new_tokens, seed, device, out=out_file)
+    out.print(json.dumps(result, indent=2), highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(None, "--out", help="demo directory (default: runs/demo, or the next free runs/demo-N)"),
+    config: Path = typer.Option(None, "--config", help="GRPO config (default: examples/arithmetic/grpo.yaml)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Baseline eval of the bundled model -> GRPO training -> eval of the trained model -> before/after table."""
+    from rftkit.demo import run_demo
+
+    run_demo(out_dir, config, err, quiet)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

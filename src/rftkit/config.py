@@ -1,0 +1,186 @@
+"""Typed run configuration: one model per concern, loaded from YAML, overridden by `key=value`.
+
+    rft train examples/arithmetic/grpo.yaml train.steps=50 rollout.temperature=0.8
+
+Data files and local model folders named in a YAML file are relative to that file, so a
+config works from any directory; values given on the command line are relative to the
+current directory, like any other command-line path. Unknown keys and wrong types are a
+ConfigError naming the key (the CLI exits 2), before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rftkit.errors import ConfigError, UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field("bundled:tiny-arith", description="HF folder, hub id, or bundled:NAME")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="train a LoRA adapter instead of all weights")
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
+    merge_final: bool = Field(False, description="save the final model with the adapter merged into the weights")
+
+
+class DataConfig(Section):
+    train: str = Field("examples/arithmetic/train.jsonl", description="training prompts (JSONL Items)")
+    val: str | None = Field(None, description="validation Items, scored every run.eval_interval steps")
+    skip_bad_lines: bool = Field(False, description="train on the good lines of a file that fails validation")
+    shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
+
+
+class GradingConfig(Section):
+    timeout_s: float = Field(10.0, gt=0, description="deadline of one grader call")
+    step_budget_s: float = Field(300.0, gt=0, description="deadline for grading all of one step's rollouts")
+    workers: int = Field(4, gt=0, description="concurrent grader calls")
+
+
+class RolloutConfig(Section):
+    num_generations: int = Field(8, ge=2, description="completions per prompt (the group size)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(256, gt=0, description="rows generated together (memory bound)")
+
+
+class AlgorithmConfig(Section):
+    name: Literal["grpo"] = Field("grpo", description="training algorithm")
+    advantage: Literal["group_mean_std", "group_mean"] = Field(
+        "group_mean_std", description="group_mean_std: (r - mean) / std (GRPO); group_mean: r - mean (Dr. GRPO)"
+    )
+    epsilon: float = Field(0.2, ge=0, description="clip range of the probability ratio")
+    beta: float = Field(0.0, ge=0, description="KL-to-reference coefficient; 0 loads no reference model")
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, gt=0)
+    prompts_per_step: int = Field(16, gt=0)
+    micro_batch_size: int = Field(64, gt=0, description="rows per forward/backward pass")
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class RunConfig(Section):
+    dir: str = Field("runs/grpo", description="run directory (metrics, samples, checkpoints, final model)")
+    checkpoint_interval: int = Field(25, ge=0, description="steps between checkpoints; 0 = only at the end")
+    keep_checkpoints: int = Field(2, gt=0)
+    sample_interval: int = Field(10, ge=0, description="steps between writes to samples.jsonl; 0 = never")
+    samples_per_write: int = Field(4, gt=0, description="groups written to samples.jsonl each time")
+    eval_interval: int = Field(0, ge=0, description="steps between validations on data.val; 0 = never")
+    eval_samples: int = Field(1, gt=0, description="completions per validation item")
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig = DataConfig()
+    grader: dict[str, Any] | str = Field(default_factory=lambda: {"type": "answer_match"})
+    grading: GradingConfig = GradingConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _batch_shape(self) -> Config:
+        rows = self.train.prompts_per_step * self.rollout.num_generations
+        if rows % self.train.micro_batch_size and self.train.micro_batch_size < rows:
+            raise ValueError(
+                f"train.prompts_per_step * rollout.num_generations must be divisible by train.micro_batch_size "
+                f"(got {self.train.prompts_per_step} * {self.rollout.num_generations} = {rows} rows, micro_batch_size "
+                f"{self.train.micro_batch_size})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`a.b=1 c=x` -> {"a": {"b": 1}, "c": "x"}; values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. train.steps=50)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _resolve_paths(data: dict, root: Path) -> None:
+    """Make data files and local model folders in a YAML file relative to that file."""
+    for section, key in (("data", "train"), ("data", "val"), ("model", "path")):
+        value = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and not value.startswith("bundled:") and not Path(value).is_absolute():
+            candidate = root / value
+            if section == "data" or candidate.exists():
+                data[section][key] = str(candidate)
+
+
+def _format_validation(exc: ValidationError) -> str:
+    rows = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            rows.append(f"{where}: unknown key (check the spelling; `rft train --help` lists the sections)")
+        else:
+            rows.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(rows)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of sections (model:, data:, train:, ...)")
+        _resolve_paths(data, path.resolve().parent)
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc)) from None

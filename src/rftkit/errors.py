@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits with `exit_code`."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a file, a config key, a value. The message says what to change."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """Unknown config key or wrong type: exit code 2, like a usage error."""
+
+    exit_code = 2

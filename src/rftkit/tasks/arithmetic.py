@@ -1,0 +1,73 @@
+"""The bundled arithmetic task: "What is 47 + 18 - 9?" answered with a worked line.
+
+One generator serves the tiny model's build corpus and the example data files. Every
+problem has a fixed *split* given by a hash of its text, so the held-out test and
+validation files can never share a problem with the build corpus or the training prompts,
+however many of either are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+SPLITS = ("test", "val", "train")  # hash bucket 0 -> test, 1 -> val, 2..9 -> train (and build corpus)
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    op1: str
+    b: int
+    op2: str
+    c: int
+
+    @property
+    def question(self) -> str:
+        return f"What is {self.a} {self.op1} {self.b} {self.op2} {self.c}?"
+
+    @property
+    def intermediate(self) -> int:
+        return self.a + self.b if self.op1 == "+" else self.a - self.b
+
+    @property
+    def answer(self) -> int:
+        return self.intermediate + self.c if self.op2 == "+" else self.intermediate - self.c
+
+    @property
+    def solution(self) -> str:
+        """The worked line the model is trained to write, ending in the Nova-style answer line."""
+        mid = self.intermediate
+        return f"{self.a} {self.op1} {self.b} = {mid}. {mid} {self.op2} {self.c} = {self.answer}. ANSWER: {self.answer}"
+
+    @property
+    def split(self) -> str:
+        bucket = int(hashlib.sha256(self.question.encode()).hexdigest(), 16) % 10
+        return SPLITS[min(bucket, 2)]
+
+
+def random_problem(rng: random.Random) -> Problem:
+    return Problem(rng.randint(1, 99), rng.choice("+-"), rng.randint(1, 99), rng.choice("+-"), rng.randint(1, 99))
+
+
+def sample_problems(n: int, split: str, seed: int, exclude: set[str] | None = None) -> list[Problem]:
+    """`n` distinct problems of one split, reproducible from `seed`."""
+    assert split in SPLITS, f"split must be one of {SPLITS} (got {split!r})"
+    rng, seen, out = random.Random(seed), set(exclude or ()), []
+    while len(out) < n:
+        p = random_problem(rng)
+        if p.split == split and p.question not in seen:
+            seen.add(p.question)
+            out.append(p)
+    return out
+
+
+def to_item(p: Problem, idx: int, split: str) -> dict:
+    """A DESIGN.md JSONL row for the problem."""
+    return {
+        "id": f"arith-{split}-{idx:05d}",
+        "messages": [{"role": "user", "content": p.question}],
+        "reference_answer": str(p.answer),
+        "solution": p.solution,
+    }
