@@ -18,7 +18,7 @@ data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help
 eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long paths and commands stay copy-pasteable
 out = Console()
 
 
@@ -39,8 +39,6 @@ def train(
     if resume is not None:
         args.append(f"run.dir={resume}")
     cfg = load_config(config_path, args)
-    err.print("[bold]resolved config[/bold]")
-    err.print(cfg.to_yaml(), highlight=False, markup=False)
     final = Trainer(cfg, err, quiet).train(resume=resume is not None)
     out.print(str(final))
 

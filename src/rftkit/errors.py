@@ -11,3 +11,9 @@ class ConfigError(UserError):
     """Unknown config key or wrong type: exit code 2, like a usage error."""
 
     exit_code = 2
+
+
+class Interrupted(UserError):
+    """Ctrl-C: the run saved what it had; exit 130 like any interrupted command."""
+
+    exit_code = 130

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from rftkit.algorithms.grpo import ADVANTAGES
 from rftkit.algorithms.grpo_update import grpo_update
 from rftkit.config import Config
 from rftkit.data import load_items
-from rftkit.errors import UserError
+from rftkit.errors import Interrupted, UserError
 from rftkit.eval.passk import evaluate_groups
 from rftkit.graders import build_grader
 from rftkit.graders.executor import ThreadGraderExecutor
@@ -110,6 +112,32 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
     }
 
 
+class _deferred_interrupt:
+    """First Ctrl-C: finish the current step, checkpoint it, stop. Second Ctrl-C: stop at once.
+
+    Stopping mid-step would checkpoint weights that already hold part of the next update,
+    and the resumed run would differ from an uninterrupted one.
+    """
+
+    def __init__(self, console: Console):
+        self.console, self.requested, self._old = console, False, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print("Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None, quiet: bool = False):
         self.cfg, self.quiet = cfg, quiet
@@ -125,6 +153,8 @@ class Trainer:
         if cfg.run.eval_interval and not self.val_items:
             raise UserError("run.eval_interval is set but data.val is not: name a validation file or set run.eval_interval=0")
         self._prepare_run_dir(resume)
+        self.console.rule("resolved config")  # also in quiet mode: logs should say what ran
+        self.console.print(cfg.to_yaml(), highlight=False, markup=False)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
@@ -254,28 +284,29 @@ class Trainer:
         cfg = self.cfg
         start = self._setup(resume)
         progress = RunProgress(cfg.train.steps, start, self.console, self.quiet)
-        last_val, step, saved_step = None, start, start
-        try:
-            for step in range(start + 1, cfg.train.steps + 1):
-                metrics = self._step(step)
-                if cfg.run.eval_interval and (step % cfg.run.eval_interval == 0 or step == cfg.train.steps):
-                    metrics.update(self.validate())
-                    last_val = metrics["val/pass@1"]
-                self.sink.log(step, metrics)
-                if cfg.run.sample_interval and (step % cfg.run.sample_interval == 0 or step == 1):
-                    self._write_samples(step)
-                if cfg.run.checkpoint_interval and step % cfg.run.checkpoint_interval == 0:
-                    self._checkpoint(step)
-                    saved_step = step
-                info = f"reward {metrics['critic/rewards/mean']:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")
-                progress.update(step, info)
-        except KeyboardInterrupt:
-            progress.close()
-            done = step - 1 if step > saved_step else saved_step  # the interrupted step is incomplete
-            if done > saved_step:
-                self._checkpoint(done)
-            self.sink.close()
-            raise UserError(f"interrupted after step {done}; continue with: rft train --resume {self.run_dir}") from None
+        last_val, saved_step = None, start
+        with _deferred_interrupt(self.console) as stop:
+            try:
+                for step in range(start + 1, cfg.train.steps + 1):
+                    metrics = self._step(step)
+                    if cfg.run.eval_interval and (step % cfg.run.eval_interval == 0 or step == cfg.train.steps):
+                        metrics.update(self.validate())
+                        last_val = metrics["val/pass@1"]
+                    self.sink.log(step, metrics)
+                    if cfg.run.sample_interval and (step % cfg.run.sample_interval == 0 or step == 1):
+                        self._write_samples(step)
+                    if (cfg.run.checkpoint_interval and step % cfg.run.checkpoint_interval == 0) or stop.requested:
+                        self._checkpoint(step)
+                        saved_step = step
+                    info = f"reward {metrics['critic/rewards/mean']:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")
+                    progress.update(step, info)
+                    if stop.requested:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                progress.close()
+                self.sink.close()
+                raise Interrupted(f"interrupted; the last checkpoint is step {saved_step}; "
+                                  f"continue with: rft train --resume {self.run_dir}") from None
         progress.close()
         self.sink.close()
         return self._save_final()
