@@ -197,8 +197,9 @@ class Trainer:
             if not saved.exists():
                 raise UserError(f"--resume {self.run_dir}: not a run directory (no config.yaml)")
             before, now = yaml.safe_load(saved.read_text()), self.cfg.model_dump()
+            may_change = {"train.steps", "run.dir"}  # extending a run is fine; run.dir may be spelled differently
             changed = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
-                       if isinstance(before.get(s), dict) and before[s].get(k) != now[s][k] and f"{s}.{k}" != "train.steps"]
+                       if isinstance(before.get(s), dict) and before[s].get(k) != now[s][k] and f"{s}.{k}" not in may_change]
             if changed:
                 raise UserError(f"--resume {self.run_dir}: config differs from the run's in {changed}; "
                                 "only train.steps may change on resume (start a new run.dir otherwise)")

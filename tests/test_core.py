@@ -1,0 +1,106 @@
+"""Fast unit tests on a toy model: the engine, the sampler, checkpoints, config resolution."""
+
+import random
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import EXAMPLES
+
+from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
+from rftkit.config import load_config
+from rftkit.data import load_items
+from rftkit.models import load_model, load_tokenizer, prompt_ids
+from rftkit.rollout.base import SamplingParams
+from rftkit.rollout.hf import HFEngine
+from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rftkit.train.loop import PromptSampler
+
+
+@pytest.fixture(scope="module")
+def toy(toy_model_dir):
+    return load_model(str(toy_model_dir)), load_tokenizer(str(toy_model_dir))
+
+
+def test_engine_groups_and_sampling_logprobs_match_the_training_forward(toy):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:3]
+    torch.manual_seed(0)
+    groups = HFEngine(model, tok, batch_size=4, return_logprobs=True).generate(items, 3, SamplingParams(max_new_tokens=12))
+    assert [g.item.id for g in groups] == [i.id for i in items] and all(len(g.completions) == 3 for g in groups)
+    prompts = [g.prompt_ids for g in groups for _ in g.completions]
+    comps = [c.token_ids for g in groups for c in g.completions]
+    ids, attention, mask = pack_prompt_completion(prompts, comps, tok.pad_token_id)
+    with torch.no_grad():
+        logp = token_logprobs(model(input_ids=ids, attention_mask=attention).logits, ids)  # [B, T-1]
+    for row, (p, c) in enumerate(zip(prompts, [c for g in groups for c in g.completions])):
+        assert c.finish_reason in ("stop", "length") and len(c.token_ids) <= 12
+        assert (c.finish_reason == "stop") == (c.token_ids[-1] == tok.eos_token_id)
+        assert tok.pad_token_id not in c.token_ids
+        # left-padded sampling and right-padded training see the same distribution
+        assert_close(logp[row, len(p) - 1 : len(p) - 1 + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4, rtol=0)
+        assert mask[row].sum().item() == len(c.token_ids)
+
+
+def test_generation_is_reproducible_from_the_seed(toy):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:2]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append([c.token_ids for g in HFEngine(model, tok).generate(items, 2, SamplingParams(max_new_tokens=8)) for c in g.completions])
+    assert runs[0] == runs[1]
+
+
+def test_prompt_ids_use_the_chat_template(toy):
+    _, tok = toy
+    text = tok.decode(prompt_ids(tok, [{"role": "user", "content": "What is 1 + 2?"}]))
+    assert text == "<|im_start|>user\nWhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_prompt_sampler_epochs_and_restore():
+    s = PromptSampler(5, seed=3, shuffle=True)
+    first = s.take(5)
+    assert sorted(first) == list(range(5))  # one epoch = every item once
+    s.take(2)
+    state = s.state()
+    expected = s.take(6)
+    t = PromptSampler(5, seed=3, shuffle=True)
+    t.restore(state)
+    assert t.take(6) == expected
+    assert PromptSampler(4, seed=0, shuffle=False).take(6) == [0, 1, 2, 3, 0, 1]
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_and_rngs(toy_model_dir, tmp_path):
+    model = load_model(str(toy_model_dir))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    random.seed(5)
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path, 3, model, opt, sched, {"sampler": {"epoch": 1, "pos": 2}}, keep=1)
+    expected = (random.random(), torch.rand(3))
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    fresh_opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    state = load_checkpoint(latest_checkpoint(tmp_path), model, fresh_opt, sched)
+    assert state["step"] == 3 and state["sampler"] == {"epoch": 1, "pos": 2}
+    for n, p in model.named_parameters():
+        assert torch.equal(p, saved[n]), n
+    assert (random.random(), torch.rand(3))[0] == expected[0]
+    assert fresh_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    save_checkpoint(tmp_path, 4, model, opt, sched, {"sampler": {"epoch": 0, "pos": 0}}, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]  # keep=1 pruned step 3
+
+
+def test_yaml_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(EXAMPLES / "grpo.yaml")
+    assert cfg.data.train == str(EXAMPLES.resolve() / "train.jsonl")
+    override = load_config(EXAMPLES / "grpo.yaml", ["data.train=mine.jsonl", "train.steps=7", "lora.target_modules=[q_proj,v_proj]"])
+    assert override.data.train == "mine.jsonl" and override.train.steps == 7
+    assert override.lora.target_modules == ["q_proj", "v_proj"]
