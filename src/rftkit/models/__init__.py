@@ -39,6 +39,13 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct; needs network or a local cache
 
 
+def _quiet_transformers() -> None:
+    """transformers' per-file "Loading weights"/"Writing shards" bars would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
@@ -53,6 +60,7 @@ def load_tokenizer(spec: str):
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     path = resolve_model_path(spec)
     if (Path(path) / "adapter_config.json").exists():  # a LoRA run's final folder: base + adapter, merged
