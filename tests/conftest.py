@@ -34,6 +34,20 @@ def toy_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def grpo_run(tmp_path_factory) -> Path:
+    """The bundled model after 60 GRPO steps of the example config (shared: trained once per session)."""
+    from rftkit.config import load_config
+    from rftkit.train.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("grpo") / "run"
+    cfg = load_config(EXAMPLES / "grpo.yaml", [
+        f"run.dir={run_dir}", "train.steps=60", "train.lr=2e-4", "run.eval_interval=0", "run.checkpoint_interval=0",
+    ])
+    Trainer(cfg, quiet=True).train()
+    return run_dir
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`rft ARGS` in a subprocess, as a user would run it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

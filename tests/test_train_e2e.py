@@ -19,12 +19,9 @@ from rftkit.train.sinks import read_jsonl
 
 
 @pytest.mark.slow
-def test_grpo_raises_reward_and_changes_every_parameter(tmp_path):
-    cfg = load_config(EXAMPLES / "grpo.yaml", [
-        f"run.dir={tmp_path / 'run'}", "train.steps=60", "train.lr=2e-4", "run.eval_interval=0", "run.checkpoint_interval=0",
-    ])
-    final = Trainer(cfg, quiet=True).train()
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+def test_grpo_raises_reward_and_changes_every_parameter(grpo_run):
+    final = grpo_run / "final"
+    rows = read_jsonl(grpo_run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 61))
     first = sum(r["critic/rewards/mean"] for r in rows[:15]) / 15
     last = sum(r["critic/rewards/mean"] for r in rows[-15:]) / 15
@@ -39,7 +36,7 @@ def test_grpo_raises_reward_and_changes_every_parameter(tmp_path):
     before_w, after_w = load_file(BUNDLED / "model.safetensors"), load_file(final / "model.safetensors")
     unchanged = [n for n in before_w if torch.equal(before_w[n], after_w[n])]
     assert not unchanged, f"parameters not updated: {unchanged}"
-    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (grpo_run / "samples.jsonl").read_text().splitlines()]
     assert samples and {"completion", "reward", "advantage"} <= samples[0].keys()
 
 

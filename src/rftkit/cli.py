@@ -81,6 +81,79 @@ def eval_run(
     out.print(json.dumps(result, indent=2), highlight=False)
 
 
+@eval_app.command("baseline")
+def eval_baseline(
+    model: str = typer.Option("bundled:tiny-arith", "--model", help="HF folder, run's final/ folder, hub id or bundled:NAME"),
+    data: Path = typer.Option(..., "--data", help="JSONL file of Items (the training prompts, or a sample of them)"),
+    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    n: int = typer.Option(8, "-n", "--samples", min=2, help="attempts per prompt (use the run's num_generations)"),
+    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    min_any_success: float = typer.Option(0.2, "--min-any-success", help="below this share of prompts with any success: sft_first"),
+    max_all_pass: float = typer.Option(0.8, "--max-all-pass", help="above this share of always-solved prompts: too_easy"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Readiness check before RFT: pass@1, pass@k, outcome shares and a verdict (ready / sft_first / too_easy)."""
+    from rftkit.eval.baseline import baseline_report
+    from rftkit.eval.run import sample_and_grade, write_json
+    from rftkit.graders import load_grader_spec
+
+    groups = sample_and_grade(model, str(data), load_grader_spec(grader), n, temperature, max_new_tokens, seed, device)
+    result = {**baseline_report(groups, n, min_any_success, max_all_pass), "model": model, "data": str(data)}
+    write_json(result, out_file)
+    out.print(f"pass@1 {result['pass@1']:.3f}   pass@{n} {result['pass@k']:.3f}   reward {result['reward_mean']:.3f}", highlight=False)
+    out.print(f"prompts: {100 * result['share_all_fail']:.0f}% all fail, {100 * result['share_mixed']:.0f}% mixed, "
+              f"{100 * result['share_all_pass']:.0f}% all pass", highlight=False)
+    out.print(Text.assemble(("verdict: ", "bold"), (result["verdict"], "bold green" if result["verdict"] == "ready" else "bold yellow"),
+                            f" - {result['reason']}"))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    base: str = typer.Option(..., "--base", help="the model before tuning"),
+    tuned: str = typer.Option(..., "--tuned", help="the tuned model (e.g. RUN_DIR/final)"),
+    data: Path = typer.Option(..., "--data", help="held-out JSONL file of Items"),
+    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    n: int = typer.Option(8, "-n", "--samples", min=1, help="completions per item and model"),
+    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
+    markdown: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Tuned vs base on the same items: deltas with 95% bootstrap intervals, wins/losses/ties, flipped examples."""
+    from rftkit.eval.compare import compare_groups, to_markdown
+    from rftkit.eval.run import sample_and_grade, write_json
+    from rftkit.graders import load_grader_spec
+
+    spec = load_grader_spec(grader)
+    base_groups = sample_and_grade(base, str(data), spec, n, temperature, max_new_tokens, seed, device)
+    tuned_groups = sample_and_grade(tuned, str(data), spec, n, temperature, max_new_tokens, seed, device)
+    result = {**compare_groups(base_groups, tuned_groups, n), "base": base, "tuned": tuned, "data": str(data)}
+    write_json(result, out_file)
+    text = to_markdown(result, base, tuned)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text + "\n")
+    out.print(text, highlight=False, markup=False)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run directory (holds metrics.jsonl)"),
+    out_file: Path = typer.Option(None, "--out", help="default: RUN_DIR/report.html"),
+) -> None:
+    """Write RUN_DIR/report.html: one self-contained page of plots, health warnings and sampled rollouts."""
+    from rftkit.report import write_report
+
+    if not (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    out.print(str(write_report(run_dir, out_file)))
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(None, "--out", help="demo directory (default: runs/demo, or the next free runs/demo-N)"),

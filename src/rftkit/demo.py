@@ -1,7 +1,8 @@
 """The README's demo: does RFT make the bundled model better at held-out arithmetic?
 
 baseline eval on the held-out test file -> GRPO on the training prompts -> the same eval of
-the trained model -> a before/after table (also written to DIR/summary.md and .json).
+the trained model -> a before/after table (also written to DIR/summary.md and .json) and the
+run's HTML report (DIR/grpo/report.html).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rftkit.config import load_config
 from rftkit.errors import UserError
 from rftkit.eval.run import run_eval
 from rftkit.models import DEFAULT_MODEL
+from rftkit.report import write_report
 from rftkit.train.loop import Trainer
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "arithmetic"
@@ -71,5 +73,7 @@ def run_demo(out_dir: Path | None, config: Path | None, console: Console, quiet:
     md = ["| metric | before | after | change |", "|---|---|---|---|"]
     md += [f"| {k} | {before[k]:.3f} | {after[k]:.3f} | {after[k] - before[k]:+.3f} |" for k in keys]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n")
+    report = write_report(Path(final).parent)
+    console.print(f"report with plots: {report}")
     console.print(f"demo finished in {time.time() - t0:.0f}s; results in {out_dir}")
     return summary

@@ -14,6 +14,34 @@ from rftkit.graders.executor import ThreadGraderExecutor
 from rftkit.models import load_model, load_tokenizer
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
+from rftkit.types import Group
+
+
+def sample_and_grade(
+    model: str,
+    data: str,
+    grader_spec: dict | str,
+    samples: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 512,
+) -> list[Group]:
+    """Every item of `data` with `samples` graded completions from `model` (seeded)."""
+    grader = build_grader(grader_spec, "--grader")  # spec errors before the model loads
+    items = load_items(data, require_reference=grader.needs_reference)
+    torch.manual_seed(seed)
+    engine = HFEngine(load_model(model, device=device), load_tokenizer(model), batch_size=batch_size)
+    groups = engine.generate(items, samples, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
+    ThreadGraderExecutor(grader).score(groups)
+    return groups
+
+
+def write_json(result: dict, out: str | Path | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def run_eval(
@@ -29,16 +57,8 @@ def run_eval(
     out: str | Path | None = None,
 ) -> dict:
     """Evaluate `model` on `data`; optionally write the result JSON to `out`."""
-    grader = build_grader(grader_spec, "--grader")  # spec errors before the model loads
-    items = load_items(data, require_reference=grader.needs_reference)
-    torch.manual_seed(seed)
-    tokenizer = load_tokenizer(model)
-    engine = HFEngine(load_model(model, device=device), tokenizer, batch_size=batch_size)
-    groups = engine.generate(items, samples, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
-    ThreadGraderExecutor(grader).score(groups)
+    groups = sample_and_grade(model, data, grader_spec, samples, temperature, max_new_tokens, seed, device, batch_size)
     result = {**evaluate_groups(groups, k=samples), "model": str(model), "data": str(data), "samples": samples,
               "temperature": temperature, "seed": seed}
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out)
     return result

@@ -34,7 +34,8 @@ from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
 from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rftkit.train.progress import RunProgress
-from rftkit.train.sinks import JsonlSink, truncate_after
+from rftkit.train.health import HealthMonitor
+from rftkit.train.sinks import JsonlSink, read_jsonl, truncate_after
 from rftkit.types import Group, Item
 
 
@@ -106,6 +107,7 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
         "response_length/max": max(lengths),
         "response/clipped_ratio": sum(c.finish_reason == "length" for c in completions) / len(completions),
         "grader/errors": grading.errors,
+        "grader/error_rate": grading.errors / len(completions),
         "grader/timeouts": grading.timeouts,
         "grader/latency_p50": _percentile(grading.latencies, 0.5),
         "grader/latency_p99": _percentile(grading.latencies, 0.99),
@@ -188,6 +190,7 @@ class Trainer:
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_after(self.run_dir / name, start)
         self.sink = JsonlSink(self.run_dir / "metrics.jsonl")
+        self.health = HealthMonitor(read_jsonl(self.run_dir / "metrics.jsonl") if start else [])
         return start
 
     def _prepare_run_dir(self, resume: bool) -> None:
@@ -294,6 +297,9 @@ class Trainer:
                         metrics.update(self.validate())
                         last_val = metrics["val/pass@1"]
                     self.sink.log(step, metrics)
+                    for warning in self.health.update({"step": step, **metrics}):
+                        progress.warn(f"health warning [{warning.code}] at step {warning.step}: {warning.message}. "
+                                      f"What to do: {warning.advice}")
                     if cfg.run.sample_interval and (step % cfg.run.sample_interval == 0 or step == 1):
                         self._write_samples(step)
                     if (cfg.run.checkpoint_interval and step % cfg.run.checkpoint_interval == 0) or stop.requested:

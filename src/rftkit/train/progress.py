@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -34,6 +35,10 @@ class RunProgress:
             done = step - self.start
             eta = (time.monotonic() - self.t0) / max(done, 1) * (self.total - step)
             self.console.print(f"{self.label} step {step}/{self.total} {info} eta {eta:.0f}s", highlight=False)
+
+    def warn(self, text: str) -> None:
+        """Printed above the live bar (never swallowed by quiet mode: warnings are the point of logs)."""
+        self.console.print(Text(text, style="bold yellow"))
 
     def close(self) -> None:
         if self.live:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command of the README and of CI: installs what the tests need, then runs them all.
+# Headless Chromium (Debian's chromium + chromium-driver) renders the HTML report in a test;
+# it is installed here when apt-get can run (root or sudo). Without it that test skips locally
+# and fails under CI=true.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; elif command -v sudo >/dev/null; then apt_get="sudo apt-get"; else apt_get=""; fi
+  if [ -n "$apt_get" ] && command -v apt-get >/dev/null; then
+    $apt_get update -qq && $apt_get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: chromium/chromedriver not found and apt-get unavailable: the browser test of the report will skip"
+  fi
+fi
+pip install torch==2.13.0
+pip install -e ".[test]"
+python -m pytest -q
