@@ -178,3 +178,26 @@ def test_jsonl_only_needs_no_optional_package(tmp_path, monkeypatch):
     sinks.log(1, {"actor/kl": float("nan"), "actor/entropy": 1.5})
     sinks.close()
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "actor/kl": None, "actor/entropy": 1.5}]
+
+
+def test_a_training_run_writes_the_same_values_to_all_three_sinks(tmp_path, toy_model_dir):
+    from conftest import EXAMPLES
+
+    from rftkit.config import load_config
+    from rftkit.train.loop import Trainer
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(EXAMPLES / "grpo.yaml", [
+        f"model.path={toy_model_dir}", f"run.dir={run_dir}", "train.steps=3", "train.prompts_per_step=2",
+        "rollout.num_generations=4", "train.micro_batch_size=8", "rollout.max_new_tokens=8", "run.eval_interval=0",
+        "run.tensorboard=true", "run.mlflow=true",
+    ])
+    Trainer(cfg, quiet=True).train()
+    expected = expected_from_jsonl(run_dir)
+    assert set(expected["critic/rewards/mean"]) == {1, 2, 3}
+    tb = tb_scalars(run_dir / "tensorboard")
+    uri = (run_dir / "mlruns").resolve().as_uri()
+    (run,) = MlflowClient(uri).search_runs(MlflowClient(uri).get_experiment_by_name("rftkit").experiment_id)
+    for name, by_step in expected.items():
+        assert dict(tb[name]) == pytest.approx(by_step, rel=1e-6), name
+        assert dict(mlflow_history(uri, run.info.run_id, mlflow_key(name))) == pytest.approx(by_step), name

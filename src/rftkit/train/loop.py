@@ -35,7 +35,7 @@ from rftkit.rollout.hf import HFEngine
 from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rftkit.train.progress import RunProgress
 from rftkit.train.health import HealthMonitor
-from rftkit.train.sinks import JsonlSink, read_jsonl, truncate_after
+from rftkit.train.sinks import make_sinks, read_jsonl, truncate_after
 from rftkit.types import Group, Item
 
 
@@ -189,7 +189,9 @@ class Trainer:
                 self.console.print(f"no checkpoint in {self.run_dir}: starting from step 0")
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_after(self.run_dir / name, start)
-        self.sink = JsonlSink(self.run_dir / "metrics.jsonl")
+        run = cfg.run
+        self.sink = make_sinks(self.run_dir, run.tensorboard, run.mlflow, run.mlflow_tracking_uri, run.mlflow_experiment,
+                               params=cfg.model_dump(), resume_step=start)
         self.health = HealthMonitor(read_jsonl(self.run_dir / "metrics.jsonl") if start else [])
         return start
 
