@@ -242,7 +242,8 @@ class Trainer:
         return {
             **rollout_metrics(groups, grading),
             "actor/entropy": sums["entropy"] / sums["entropy_tokens"] if sums["entropy_tokens"] else float("nan"),
-            "actor/kl": sums["kl"] / max(sums["tokens"], 1.0),
+            # with beta = 0 no reference is loaded: KL is not measured (null), not zero
+            "actor/kl": sums["kl"] / max(sums["tokens"], 1.0) if cfg.algorithm.beta > 0 else float("nan"),
             "actor/pg_loss": sums["pg_loss"],
             "actor/clipfrac": sums["clipped"] / max(sums["tokens"], 1.0),
             "actor/grad_norm": float(grad_norm),
