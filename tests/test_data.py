@@ -131,7 +131,7 @@ def test_bad_lines_stop_loading_unless_skipped(tmp_path):
         load_items(path)
     message = str(err.value)
     assert f"{path}:2: invalid JSON" in message
-    assert message.splitlines()[-1].startswith("fix these lines, or pass skip_bad=True / --skip-bad-lines")
+    assert message.splitlines()[-1].startswith("fix these lines, or set data.skip_bad_lines=true")
     assert "the 2 good ones" in message
     assert [item.id for item in load_items(path, skip_bad=True)] == ["a", "b"]
 

@@ -2,7 +2,7 @@
 
 Every line is checked and every fault reported with its line number, so a user fixes a
 file in one pass instead of one traceback at a time. Nothing is trained on a file with
-bad lines unless the caller asks to skip them (`skip_bad=True` / `--skip-bad-lines`).
+bad lines unless the caller asks to skip them (`skip_bad=True`, config `data.skip_bad_lines=true`).
 """
 
 from __future__ import annotations
@@ -203,6 +203,6 @@ def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool
         n_good = len(report.items)
         raise UserError(
             f"{format_report(report, max_problems=20)}\n"
-            f"fix these lines, or pass skip_bad=True / --skip-bad-lines to train on the {n_good} good ones"
+            f"fix these lines, or set data.skip_bad_lines=true to train on the {n_good} good ones"
         )
     return report.items
