@@ -103,3 +103,41 @@ def test_sft_loss_counts_only_masked_tokens():
 )
 def test_pass_at_k_unbiased_estimator(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_rloo_by_hand():
+    # [1, 0, 0, 1]: r_0 - mean(0, 0, 1) = 1 - 1/3 = 2/3; r_1 - mean(1, 0, 1) = -2/3
+    # [1, NaN, 0]: valid n = 2: 1 - 0 = 1, 0 - 1 = -1, NaN -> 0;  [5, NaN]: one valid, no baseline -> 0
+    from rftkit.algorithms.grpo import rloo
+
+    assert_close(rloo(torch.tensor([[1.0, 0.0, 0.0, 1.0]])), torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3]]))
+    assert_close(rloo(torch.tensor([[1.0, NAN, 0.0]])), torch.tensor([[1.0, 0.0, -1.0]]))
+    assert_close(rloo(torch.tensor([[5.0, NAN]])), torch.tensor([[0.0, 0.0]]))
+
+
+def test_batch_normalized_by_hand():
+    # centred: group A [1, 0] -> [0.5, -0.5]; group B [4, 0] -> [2, -2]
+    # batch std (unbiased) of [0.5, -0.5, 2, -2] = sqrt((0.25 * 2 + 4 * 2) / 3) = sqrt(8.5 / 3) = 1.683251
+    from rftkit.algorithms.grpo import batch_normalized
+
+    s = (8.5 / 3) ** 0.5
+    out = batch_normalized(torch.tensor([[1.0, 0.0], [4.0, 0.0]]), eps=0.0)
+    assert_close(out, torch.tensor([[0.5 / s, -0.5 / s], [2 / s, -2 / s]]))
+
+
+def test_unknown_advantage_name_is_refused_with_the_valid_ones():
+    from rftkit.config import load_config
+    from rftkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["algorithm.advantage=ppo_gae"])
+    assert "algorithm.advantage" in str(err.value) and "rloo" in str(err.value) and "group_mean_std" in str(err.value)
+
+
+def test_config_choices_and_the_advantage_table_agree():
+    import typing
+
+    from rftkit.algorithms.grpo import ADVANTAGES
+    from rftkit.config import AlgorithmConfig
+
+    assert set(typing.get_args(AlgorithmConfig.model_fields["advantage"].annotation)) == set(ADVANTAGES)

@@ -62,8 +62,9 @@ class RolloutConfig(Section):
 
 class AlgorithmConfig(Section):
     name: Literal["grpo"] = Field("grpo", description="training algorithm")
-    advantage: Literal["group_mean_std", "group_mean"] = Field(
-        "group_mean_std", description="group_mean_std: (r - mean) / std (GRPO); group_mean: r - mean (Dr. GRPO)"
+    advantage: Literal["group_mean_std", "group_mean", "rloo", "batch_normalized"] = Field(
+        "group_mean_std", description="group_mean_std: (r - mean) / std (GRPO); group_mean: r - mean (Dr. GRPO); "
+        "rloo: leave-one-out baseline; batch_normalized: group-centred, batch std"
     )
     epsilon: float = Field(0.2, ge=0, description="clip range of the probability ratio")
     beta: float = Field(0.0, ge=0, description="KL-to-reference coefficient; 0 loads no reference model")

@@ -10,7 +10,8 @@ How this differs from the GRPO paper (Shao et al., 2024), and why:
 - Failed gradings (reward None, given here as NaN) take no part: they are left out of their
   group's mean and std and get advantage 0 and loss weight 0.
 - `group_mean` (Dr. GRPO) skips the division by the group std, which otherwise favours
-  groups whose rewards barely differ.
+  groups whose rewards barely differ; `rloo` uses a leave-one-out baseline;
+  `batch_normalized` divides by one std over the whole batch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,28 @@ def group_mean(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return torch.where(valid, rewards - mean, torch.zeros_like(rewards))
 
 
-ADVANTAGES = {"group_mean_std": group_mean_std, "group_mean": group_mean}
+def rloo(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """RLOO: r_i minus the mean of the *other* valid rewards of its group = n / (n - 1) * (r_i - mean).
+
+    A group with fewer than two valid rewards has no baseline: advantage 0.
+    """
+    mean, _, valid = _group_stats(rewards)
+    n = valid.sum(-1, keepdim=True).float()  # [G, 1]
+    scale = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return torch.where(valid, scale * (rewards - mean), torch.zeros_like(rewards))
+
+
+def batch_normalized(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Centre within each group, then divide by the std of those centred values over the whole batch
+    (as in REINFORCE++): one scale for every group, so low-variance groups are not blown up."""
+    centred = group_mean(rewards)
+    valid = ~torch.isnan(rewards)
+    values = centred[valid]
+    std = values.std() if values.numel() > 1 else torch.tensor(0.0)
+    return torch.where(valid, centred / (std + eps), torch.zeros_like(rewards))
+
+
+ADVANTAGES = {"group_mean_std": group_mean_std, "group_mean": group_mean, "rloo": rloo, "batch_normalized": batch_normalized}
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
