@@ -104,3 +104,20 @@ def test_yaml_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     override = load_config(EXAMPLES / "grpo.yaml", ["data.train=mine.jsonl", "train.steps=7", "lora.target_modules=[q_proj,v_proj]"])
     assert override.data.train == "mine.jsonl" and override.train.steps == 7
     assert override.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_sampling_ignores_the_models_own_sampling_settings(toy_model_dir):
+    # A model's generation_config may carry repetition_penalty, top_k, top_p (Qwen2.5-Instruct does);
+    # applied silently, they make sampling differ from the distribution the loss assumes.
+    model, tok = load_model(str(toy_model_dir)), load_tokenizer(str(toy_model_dir))
+    items = load_items(EXAMPLES / "val.jsonl")[:4]
+
+    def sample():
+        torch.manual_seed(0)
+        return [c.token_ids for g in HFEngine(model, tok).generate(items, 4, SamplingParams(max_new_tokens=12)) for c in g.completions]
+
+    plain = sample()
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.top_k = 5
+    model.generation_config.top_p = 0.5
+    assert sample() == plain

@@ -46,6 +46,9 @@ class HFEngine:
             top_p=sampling.top_p if sampling.temperature > 0 else None,
             top_k=sampling.top_k if sampling.temperature > 0 else None,
             max_new_tokens=sampling.max_new_tokens,
+            # A model's own generation_config may add e.g. repetition_penalty=1.05 (Qwen2.5-Instruct): sampling
+            # would then differ from the distribution the loss assumes, and training would be off-policy.
+            repetition_penalty=1.0,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,

@@ -7,6 +7,7 @@ that checkpoints save, so a resumed run repeats an uninterrupted one exactly on 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -270,8 +271,6 @@ class Trainer:
         return {"val/reward_mean": result["reward_mean"], "val/pass@1": result["pass@1"]}
 
     def _write_samples(self, step: int) -> None:
-        import json
-
         with open(self.run_dir / "samples.jsonl", "a") as f:
             for g in self._groups[: self.cfg.run.samples_per_write]:
                 for c in g.completions:
