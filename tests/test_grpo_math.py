@@ -141,3 +141,42 @@ def test_config_choices_and_the_advantage_table_agree():
     from rftkit.config import AlgorithmConfig
 
     assert set(typing.get_args(AlgorithmConfig.model_fields["advantage"].annotation)) == set(ADVANTAGES)
+
+
+def test_loss_aggregations_by_hand():
+    # per-token values, row 0: [1, 3] (2 tokens), row 1: [4] (1 token); 2 rows, 3 tokens, max_new_tokens 4
+    # token_mean = (1 + 3 + 4) / 3 = 2.666667; sequence_mean = (2 + 4) / 2 = 3; constant = 8 / (2 * 4) = 1
+    from rftkit.algorithms.grpo import StepCounts, constant_normalizer, sequence_mean, token_mean
+
+    values = torch.tensor([[1.0, 3.0, 9.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    counts = StepCounts(tokens=3, rows=2, max_new_tokens=4)
+    assert_close(token_mean(values, mask, counts), torch.tensor(8 / 3))
+    assert_close(sequence_mean(values, mask, counts), torch.tensor(3.0))
+    assert_close(constant_normalizer(values, mask, counts), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", ["token_mean", "sequence_mean", "constant"])
+def test_every_aggregation_adds_up_over_micro_batches(name):
+    from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts
+
+    torch.manual_seed(1)
+    logp = torch.randn(4, 5, requires_grad=True)
+    mask = (torch.rand(4, 5) > 0.3).float()
+    mask[:, 0] = 1.0
+    adv = torch.randn(4)
+    counts = StepCounts(tokens=mask.sum().item(), rows=4, max_new_tokens=5)
+    agg = lambda v, m: AGGREGATIONS[name](v, m, counts)  # noqa: E731
+    full = clipped_policy_loss(logp, logp.detach() + 0.1, adv, mask, 0.2, 0.0, aggregate=agg).loss
+    halves = sum(clipped_policy_loss(logp[i : i + 2], logp[i : i + 2].detach() + 0.1, adv[i : i + 2], mask[i : i + 2], 0.2,
+                                     0.0, aggregate=agg).loss for i in (0, 2))
+    assert_close(full, halves)
+
+
+def test_config_choices_and_the_aggregation_table_agree():
+    import typing
+
+    from rftkit.algorithms.grpo import AGGREGATIONS
+    from rftkit.config import AlgorithmConfig
+
+    assert set(typing.get_args(AlgorithmConfig.model_fields["loss_aggregation"].annotation)) == set(AGGREGATIONS)

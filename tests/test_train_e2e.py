@@ -68,3 +68,14 @@ def test_kl_run_on_toy_model_loads_reference_and_logs_kl(tmp_path, toy_model_dir
     assert rows[-1]["actor/kl"] is not None and rows[-1]["actor/kl"] >= 0.0
     assert rows[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
     assert load_model(str(tmp_path / "run" / "final")).config.vocab_size > 0
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "constant"])
+def test_other_loss_aggregations_train(tmp_path, aggregation):
+    cfg = load_config(EXAMPLES / "grpo.yaml", [
+        f"run.dir={tmp_path / 'run'}", "train.steps=2", "train.prompts_per_step=4", "run.eval_interval=0",
+        f"algorithm.loss_aggregation={aggregation}", "algorithm.advantage=rloo",
+    ])
+    Trainer(cfg, quiet=True).train()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["actor/grad_norm"] > 0 for r in rows), rows

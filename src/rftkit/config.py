@@ -66,6 +66,9 @@ class AlgorithmConfig(Section):
         "group_mean_std", description="group_mean_std: (r - mean) / std (GRPO); group_mean: r - mean (Dr. GRPO); "
         "rloo: leave-one-out baseline; batch_normalized: group-centred, batch std"
     )
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = Field(
+        "token_mean", description="token_mean (DAPO), sequence_mean (GRPO paper), constant: / (rows * max_new_tokens) (Dr. GRPO)"
+    )
     epsilon: float = Field(0.2, ge=0, description="clip range of the probability ratio")
     beta: float = Field(0.0, ge=0, description="KL-to-reference coefficient; 0 loads no reference model")
 

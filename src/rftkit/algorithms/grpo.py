@@ -81,6 +81,33 @@ class LossParts:
     clipped: torch.Tensor  # number of tokens whose ratio was clipped, detached
 
 
+@dataclass(frozen=True)
+class StepCounts:
+    """Whole-step sizes: every micro-batch divides by these, so their losses add up to the step's."""
+
+    tokens: float  # completion tokens of the step's graded rows
+    rows: float  # graded rows
+    max_new_tokens: int
+
+
+def token_mean(values: torch.Tensor, mask: torch.Tensor, counts: StepCounts) -> torch.Tensor:
+    """Every completion token of the step weighs the same (DAPO). values, mask: [B, T]."""
+    return (values * mask).sum() / counts.tokens
+
+
+def sequence_mean(values: torch.Tensor, mask: torch.Tensor, counts: StepCounts) -> torch.Tensor:
+    """Mean over each sequence's tokens, then over sequences (the GRPO paper): long answers weigh less."""
+    return ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / counts.rows
+
+
+def constant_normalizer(values: torch.Tensor, mask: torch.Tensor, counts: StepCounts) -> torch.Tensor:
+    """Sum over tokens / (rows * max_new_tokens) (Dr. GRPO): no length bias in either direction."""
+    return (values * mask).sum() / (counts.rows * counts.max_new_tokens)
+
+
+AGGREGATIONS = {"token_mean": token_mean, "sequence_mean": sequence_mean, "constant": constant_normalizer}
+
+
 def clipped_policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -90,25 +117,30 @@ def clipped_policy_loss(
     normalizer: float,
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
+    aggregate=None,
 ) -> LossParts:
-    """PPO-style clipped surrogate with optional k3 KL, summed over tokens / `normalizer`.
+    """PPO-style clipped surrogate with optional k3 KL, aggregated over tokens.
 
     logp, old_logp, mask, ref_logp: [B, T]; advantages: [B]. `mask` is 1 on completion
-    tokens. `normalizer` is the completion-token count of the whole step, so the micro-batch
-    losses add up to the step's token mean. With one update per batch (mu = 1) old_logp is
-    logp detached: the ratio is 1 and the gradient is advantage * grad log p.
+    tokens. By default the token sum is divided by `normalizer`, the completion-token count
+    of the whole step, so the micro-batch losses add up to the step's token mean;
+    `aggregate(values, mask)` (an AGGREGATIONS entry bound to the step's counts) replaces
+    that. With one update per batch (mu = 1) old_logp is logp detached: the ratio is 1 and
+    the gradient is advantage * grad log p.
     """
+    if aggregate is None:
+        aggregate = lambda values, m: (values * m).sum() / normalizer  # noqa: E731 - token mean
     ratio = torch.exp(logp - old_logp)  # [B, T]
     adv = advantages[:, None]  # [B, 1]
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv
     per_token = -torch.min(unclipped, clipped)  # [B, T]
-    pg = (per_token * mask).sum() / normalizer
+    pg = aggregate(per_token, mask)
     loss = pg
     kl_sum = torch.zeros(())
     if ref_logp is not None and beta > 0:
         kl = kl_k3(logp, ref_logp)  # [B, T]
-        loss = loss + beta * (kl * mask).sum() / normalizer
+        loss = loss + beta * aggregate(kl, mask)
         kl_sum = (kl * mask).sum().detach()
     was_clipped = ((clipped < unclipped).float() * mask).sum().detach()
     return LossParts(loss=loss, pg_loss=pg.detach(), kl=kl_sum, clipped=was_clipped)

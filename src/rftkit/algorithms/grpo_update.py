@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rftkit.algorithms.common import pack_prompt_completion, token_entropy, token_logprobs
-from rftkit.algorithms.grpo import clipped_policy_loss
+from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts, clipped_policy_loss
 from rftkit.types import Group
 
 
@@ -44,6 +44,8 @@ def grpo_update(
     epsilon: float,
     beta: float = 0.0,
     reference_logprobs=None,
+    aggregation: str = "token_mean",
+    max_new_tokens: int = 0,
 ) -> dict[str, float]:
     """Accumulate gradients of the step's GRPO loss into `policy` (no optimizer step).
 
@@ -51,6 +53,8 @@ def grpo_update(
     Returns sums for the step's metrics.
     """
     rows, n_tokens = rows_for_update(groups)
+    counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(max_new_tokens, 1))
+    aggregate = lambda values, mask: AGGREGATIONS[aggregation](values, mask, counts)  # noqa: E731
     active = [r for r in rows if beta > 0 or r.advantage != 0.0]
     # Similar lengths side by side waste less compute on padding; sorting is stable, so the
     # order (and the floating-point sum) is the same on every run.
@@ -68,7 +72,7 @@ def grpo_update(
             with torch.no_grad():
                 ref = reference_logprobs(input_ids, attention)
         advantages = torch.tensor([r.advantage for r in chunk], device=device, dtype=logp.dtype)  # [B]
-        parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, float(n_tokens), ref, beta)
+        parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, float(n_tokens), ref, beta, aggregate)
         parts.loss.backward()
         with torch.no_grad():
             sums["entropy"] += (token_entropy(logits.detach()) * mask).sum().item()

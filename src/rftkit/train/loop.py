@@ -233,7 +233,8 @@ class Trainer:
                 c.advantage = a
         self.optimizer.zero_grad(set_to_none=True)  # Stage 3
         sums = grpo_update(self.model, groups, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                           cfg.algorithm.epsilon, cfg.algorithm.beta, self._reference_logprobs)
+                           cfg.algorithm.epsilon, cfg.algorithm.beta, self._reference_logprobs,
+                           cfg.algorithm.loss_aggregation, cfg.rollout.max_new_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
