@@ -13,6 +13,11 @@ from rftkit.eval.passk import pass_at_k
 NAN = float("nan")
 
 
+def over(n):
+    """Token sum / n: the token-mean aggregation of a step with n completion tokens."""
+    return lambda values, mask: (values * mask).sum() / n
+
+
 def test_group_mean_std_by_hand():
     # [1, 0, 0, 1]: mean 0.5; unbiased var = 4 * 0.25 / 3 = 1/3; std = 0.57735; 0.5 / 0.57735 = 0.866025
     # [1, 1, 1, 1]: no spread -> every advantage 0 (no learning signal, not a division by zero)
@@ -40,7 +45,7 @@ def test_loss_at_ratio_one_is_minus_advantage_token_mean():
     # loss = (-2 - 2 + 1) / 3 = -1; d loss / d logp = -A / 3 on each masked token
     logp = torch.zeros(2, 3, requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    parts = clipped_policy_loss(logp, logp.detach(), torch.tensor([2.0, -1.0]), mask, epsilon=0.2, normalizer=3.0)
+    parts = clipped_policy_loss(logp, logp.detach(), torch.tensor([2.0, -1.0]), mask, epsilon=0.2, aggregate=over(3.0))
     assert_close(parts.loss, torch.tensor(-1.0))
     parts.loss.backward()
     assert_close(logp.grad, torch.tensor([[-2 / 3, -2 / 3, 0.0], [1 / 3, 0.0, 0.0]]))
@@ -56,14 +61,14 @@ def test_clipping_by_hand():
     ratio = torch.tensor([[1.5], [1.5], [0.5]])
     logp = torch.log(ratio)
     old = torch.zeros(3, 1)
-    parts = clipped_policy_loss(logp, old, torch.tensor([1.0, -1.0, -1.0]), torch.ones(3, 1), 0.2, normalizer=3.0)
+    parts = clipped_policy_loss(logp, old, torch.tensor([1.0, -1.0, -1.0]), torch.ones(3, 1), 0.2, aggregate=over(3.0))
     assert_close(parts.loss, torch.tensor(1.1 / 3))
     assert parts.clipped.item() == 2
 
 
 def test_clipped_token_has_no_gradient():
     logp = torch.log(torch.tensor([[1.5]])).requires_grad_()
-    clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), 0.2, 1.0).loss.backward()
+    clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), 0.2, over(1.0)).loss.backward()
     assert logp.grad.item() == 0.0
 
 
@@ -73,7 +78,7 @@ def test_kl_k3_by_hand_and_as_loss_term():
     assert_close(kl_k3(logp, ref), torch.full((1, 2), 0.193147))
     assert_close(kl_k3(ref, ref), torch.zeros(1, 2))
     # A = 0 leaves only beta * KL: 0.1 * (0.193147 * 2) / 2 tokens = 0.0193147
-    parts = clipped_policy_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), 0.2, 2.0, ref_logp=ref, beta=0.1)
+    parts = clipped_policy_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), 0.2, over(2.0), ref_logp=ref, beta=0.1)
     assert_close(parts.loss, torch.tensor(0.0193147))
 
 
@@ -82,9 +87,9 @@ def test_micro_batches_add_up_to_the_full_batch():
     logp = torch.randn(4, 5, requires_grad=True)
     mask = (torch.rand(4, 5) > 0.3).float()
     adv = torch.randn(4)
-    full = clipped_policy_loss(logp, logp.detach() + 0.1, adv, mask, 0.2, mask.sum().item()).loss
+    full = clipped_policy_loss(logp, logp.detach() + 0.1, adv, mask, 0.2, over(mask.sum().item())).loss
     halves = sum(
-        clipped_policy_loss(logp[i : i + 2], logp[i : i + 2].detach() + 0.1, adv[i : i + 2], mask[i : i + 2], 0.2, mask.sum().item()).loss
+        clipped_policy_loss(logp[i : i + 2], logp[i : i + 2].detach() + 0.1, adv[i : i + 2], mask[i : i + 2], 0.2, over(mask.sum().item())).loss
         for i in (0, 2)
     )
     assert_close(full, halves)
@@ -167,9 +172,9 @@ def test_every_aggregation_adds_up_over_micro_batches(name):
     adv = torch.randn(4)
     counts = StepCounts(tokens=mask.sum().item(), rows=4, max_new_tokens=5)
     agg = lambda v, m: AGGREGATIONS[name](v, m, counts)  # noqa: E731
-    full = clipped_policy_loss(logp, logp.detach() + 0.1, adv, mask, 0.2, 0.0, aggregate=agg).loss
+    full = clipped_policy_loss(logp, logp.detach() + 0.1, adv, mask, 0.2, agg).loss
     halves = sum(clipped_policy_loss(logp[i : i + 2], logp[i : i + 2].detach() + 0.1, adv[i : i + 2], mask[i : i + 2], 0.2,
-                                     0.0, aggregate=agg).loss for i in (0, 2))
+                                     agg).loss for i in (0, 2))
     assert_close(full, halves)
 
 

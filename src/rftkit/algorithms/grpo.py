@@ -16,6 +16,7 @@ How this differs from the GRPO paper (Shao et al., 2024), and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -114,22 +115,18 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     epsilon: float,
-    normalizer: float,
+    aggregate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
-    aggregate=None,
 ) -> LossParts:
     """PPO-style clipped surrogate with optional k3 KL, aggregated over tokens.
 
     logp, old_logp, mask, ref_logp: [B, T]; advantages: [B]. `mask` is 1 on completion
-    tokens. By default the token sum is divided by `normalizer`, the completion-token count
-    of the whole step, so the micro-batch losses add up to the step's token mean;
-    `aggregate(values, mask)` (an AGGREGATIONS entry bound to the step's counts) replaces
-    that. With one update per batch (mu = 1) old_logp is logp detached: the ratio is 1 and
-    the gradient is advantage * grad log p.
+    tokens. `aggregate(values, mask)` is an AGGREGATIONS entry bound to the whole step's
+    counts, so the micro-batch losses add up to the step's loss. With one update per batch
+    (mu = 1) old_logp is logp detached: the ratio is 1 and the gradient is
+    advantage * grad log p.
     """
-    if aggregate is None:
-        aggregate = lambda values, m: (values * m).sum() / normalizer  # noqa: E731 - token mean
     ratio = torch.exp(logp - old_logp)  # [B, T]
     adv = advantages[:, None]  # [B, 1]
     unclipped = ratio * adv

@@ -72,7 +72,7 @@ def grpo_update(
             with torch.no_grad():
                 ref = reference_logprobs(input_ids, attention)
         advantages = torch.tensor([r.advantage for r in chunk], device=device, dtype=logp.dtype)  # [B]
-        parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, float(n_tokens), ref, beta, aggregate)
+        parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, aggregate, ref, beta)
         parts.loss.backward()
         with torch.no_grad():
             sums["entropy"] += (token_entropy(logits.detach()) * mask).sum().item()
