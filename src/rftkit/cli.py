@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +19,16 @@ data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help
 eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
-err = Console(stderr=True, soft_wrap=True)  # long paths and commands stay copy-pasteable
+err = Console(stderr=True, soft_wrap=True)
+
+# Options shared by the `rft eval` commands: defined once so their names, defaults and help agree.
+ModelOpt = Annotated[str, typer.Option("--model", help="HF folder, run's final/ folder, hub id or bundled:NAME")]
+GraderOpt = Annotated[str, typer.Option("--grader", help="grader type or YAML/JSON file with one grader object")]
+OutOpt = Annotated[Path, typer.Option("--out", help="write the result JSON here")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0)]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1)]
+SeedOpt = Annotated[int, typer.Option("--seed")]
+DeviceOpt = Annotated[str, typer.Option("--device")]  # long paths and commands stay copy-pasteable
 out = Console()
 
 
@@ -63,15 +73,15 @@ def data_validate(
 
 @eval_app.command("run")
 def eval_run(
-    model: str = typer.Option("bundled:tiny-arith", "--model", help="HF folder, run's final/ folder, hub id or bundled:NAME"),
+    model: ModelOpt = "bundled:tiny-arith",
     data: Path = typer.Option(..., "--data", help="JSONL file of Items"),
-    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    grader: GraderOpt = "answer_match",
     samples: int = typer.Option(8, "--samples", "-k", min=1, help="completions per item (K of pass@K)"),
-    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    out_file: OutOpt = None,
+    temperature: TemperatureOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 48,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """pass@1, pass@K (unbiased estimator) and mean reward of a model on a dataset."""
     from rftkit.eval.run import run_eval
@@ -83,17 +93,17 @@ def eval_run(
 
 @eval_app.command("baseline")
 def eval_baseline(
-    model: str = typer.Option("bundled:tiny-arith", "--model", help="HF folder, run's final/ folder, hub id or bundled:NAME"),
+    model: ModelOpt = "bundled:tiny-arith",
     data: Path = typer.Option(..., "--data", help="JSONL file of Items (the training prompts, or a sample of them)"),
-    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    grader: GraderOpt = "answer_match",
     n: int = typer.Option(8, "-n", "--samples", min=2, help="attempts per prompt (use the run's num_generations)"),
-    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    out_file: OutOpt = None,
+    temperature: TemperatureOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 48,
     min_any_success: float = typer.Option(0.2, "--min-any-success", help="below this share of prompts with any success: sft_first"),
     max_all_pass: float = typer.Option(0.8, "--max-all-pass", help="above this share of always-solved prompts: too_easy"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Readiness check before RFT: pass@1, pass@k, outcome shares and a verdict (ready / sft_first / too_easy)."""
     from rftkit.eval.baseline import baseline_report
@@ -115,14 +125,14 @@ def eval_compare(
     base: str = typer.Option(..., "--base", help="the model before tuning"),
     tuned: str = typer.Option(..., "--tuned", help="the tuned model (e.g. RUN_DIR/final)"),
     data: Path = typer.Option(..., "--data", help="held-out JSONL file of Items"),
-    grader: str = typer.Option("answer_match", "--grader", help="grader type or YAML/JSON file with one grader object"),
+    grader: GraderOpt = "answer_match",
     n: int = typer.Option(8, "-n", "--samples", min=1, help="completions per item and model"),
-    out_file: Path = typer.Option(None, "--out", help="write the result JSON here"),
+    out_file: OutOpt = None,
     markdown: Path = typer.Option(None, "--markdown", help="write a Markdown summary here"),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    temperature: TemperatureOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 48,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Tuned vs base on the same items: deltas with 95% bootstrap intervals, wins/losses/ties, flipped examples."""
     from rftkit.eval.compare import compare_groups, to_markdown
