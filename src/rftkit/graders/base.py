@@ -2,14 +2,33 @@
 
 A grader is an object with a `name`, a `needs_reference` flag and
 `grade(item, text) -> Score`. It may raise: the executor turns any exception into a
-failed Score (reward None, masked out of the loss), so grader code stays plain.
+failed Score (reward None, masked out of the loss), so grader code stays plain. A
+failure the grader detects itself is `Score.failed("<flag>: <detail>")`, the flag named
+as in OpenAI's grader API (`model_grader_parse_error`, `sample_parse_error`, ...).
+
+Optional parts, read by the executor with getattr:
+- `concurrency: int` - at most this many calls of this grader at once (its own lane, so
+  a slow grader cannot starve the others); default: `grading.workers`.
+- `deadline_s: float` - the executor abandons a call after this long (retries included);
+  default: `grading.timeout_s`.
+- `batch_size: int` and `grade_batch(calls: list[tuple[Item, str]]) -> list[Score]` - the
+  executor sends up to `batch_size` samples per call (HTTP endpoints, TRL-style functions).
+- `children: dict[str, Grader]` and `combine(item, text, scores: dict[str, Score]) -> Score`
+  - a composite (`multi`): the executor grades each child in its own lane, then combines.
+- `check_item(item) -> list[str]` - problems with this grader's template variables against
+  a real data row (`rft grader validate --item`, and the start of `rft train`).
+- `close()` - release workers or connections.
 
 A grader spec is a dict with a `type` key plus that type's options, written in YAML/JSON
-or given on the command line as a bare type name (`answer_match`).
+or given on the command line as a bare type name (`answer_match`). Options are checked
+when the grader is built, before any model loads: a bad one is a ConfigError naming the
+grader and the field.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,14 +46,39 @@ class Grader(Protocol):
     def grade(self, item: Item, text: str) -> Score: ...
 
 
-def _registry() -> dict[str, type]:
-    from rftkit.graders.answer import AnswerMatchGrader
+# type -> "module:Class" below rftkit.graders, imported on first use (so a spec that never
+# names the judge does not import an HTTP client, and no module loads torch by accident).
+GRADER_TYPES: dict[str, str] = {
+    "answer_match": "answer:AnswerMatchGrader",
+    # OpenAI grader objects, accepted verbatim
+    "string_check": "openai:StringCheckGrader",
+    "text_similarity": "similarity:TextSimilarityGrader",
+    "score_model": "judge:ScoreModelGrader",
+    "label_model": "judge:LabelModelGrader",
+    "python": "python_grader:PythonGrader",
+    "multi": "multi:MultiGrader",
+    # rftkit built-ins
+    "math": "mathgrader:MathGrader",
+    "regex": "format:RegexGrader",
+    "json_schema": "format:JsonSchemaGrader",
+    "length_penalty": "format:LengthPenaltyGrader",
+    "code": "code:CodeGrader",
+    "reward_function": "reward_fn:RewardFunctionGrader",
+    # Amazon Nova reward-Lambda protocol over HTTP
+    "http": "http:HttpGrader",
+}
 
-    return {"answer_match": AnswerMatchGrader}
+
+def _grader_class(kind: str) -> type | None:
+    target = GRADER_TYPES.get(kind)
+    if target is None:
+        return None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(f"rftkit.graders.{module}"), cls)
 
 
 def grader_names() -> list[str]:
-    return sorted(_registry())
+    return sorted(GRADER_TYPES)
 
 
 def build_grader(spec: dict[str, Any] | str, where: str = "grader") -> Grader:
@@ -45,13 +89,28 @@ def build_grader(spec: dict[str, Any] | str, where: str = "grader") -> Grader:
         raise ConfigError(f"{where}: a grader needs a `type` (one of {grader_names()})")
     options = dict(spec)
     kind = options.pop("type")
-    cls = _registry().get(kind)
+    fault = options.pop("fault", None)
+    cls = _grader_class(kind)
     if cls is None:
         raise ConfigError(f"{where}.type: unknown grader type {kind!r}; valid types: {grader_names()}")
+    if "name" in options and not isinstance(options["name"], str):
+        raise ConfigError(f"{where}.name: must be a string")
     try:
-        return cls(**options)
+        grader = cls(**options, where=where) if _takes_where(cls) else cls(**options)
     except TypeError as exc:  # unknown or missing option
         raise ConfigError(f"{where}: bad options for grader {kind!r}: {exc}") from None
+    except ValueError as exc:  # a grader's own check of an option's value
+        raise ConfigError(f"{where}: {exc}") from None
+    if fault is not None:
+        from rftkit.graders.fault import FaultInjector
+
+        grader = FaultInjector.from_spec(grader, fault, f"{where}.fault")
+    return grader
+
+
+def _takes_where(cls: type) -> bool:
+    """Graders that build sub-graders (multi) take `where` to name nested fields in errors."""
+    return "where" in inspect.signature(cls.__init__).parameters
 
 
 def load_grader_spec(text: str) -> dict[str, Any] | str:
