@@ -7,7 +7,7 @@ import pytest
 from rftkit.errors import ConfigError
 from rftkit.graders import build_grader
 from rftkit.graders.answer import AnswerMatchGrader, extract_answer
-from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.graders.executor import GraderExecutor
 from rftkit.types import Completion, Group, Item, Score
 
 ITEM = Item(id="q", messages=[{"role": "user", "content": "What is 47 + 18 - 9?"}], reference_answer="56")
@@ -75,7 +75,7 @@ def _groups(texts):
 
 
 def test_executor_masks_hangs_errors_and_garbage_without_stalling():
-    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=0.3, step_budget_s=10, workers=4)
+    executor = GraderExecutor(FlakyGrader(), timeout_s=0.3, step_budget_s=10, workers=4)
     groups = _groups(["good", "hang", "boom", "bad", "junk", "hang", "good"])
     t0 = time.monotonic()
     stats = executor.score(groups)
@@ -95,7 +95,7 @@ def test_executor_masks_hangs_errors_and_garbage_without_stalling():
 
 
 def test_step_budget_bounds_the_whole_step():
-    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=30, step_budget_s=0.5, workers=2)
+    executor = GraderExecutor(FlakyGrader(), timeout_s=30, step_budget_s=0.5, workers=2)
     groups = _groups(["hang", "hang", "good"])
     t0 = time.monotonic()
     stats = executor.score(groups)

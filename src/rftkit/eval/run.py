@@ -9,8 +9,8 @@ import torch
 
 from rftkit.data import load_items
 from rftkit.eval.passk import evaluate_groups
-from rftkit.graders import build_grader
-from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.graders import build_grader, check_grader_items
+from rftkit.graders.executor import GraderExecutor
 from rftkit.models import load_model, load_tokenizer
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
@@ -31,10 +31,13 @@ def sample_and_grade(
     """Every item of `data` with `samples` graded completions from `model` (seeded)."""
     grader = build_grader(grader_spec, "--grader")  # spec errors before the model loads
     items = load_items(data, require_reference=grader.needs_reference)
+    check_grader_items(grader, items, "--grader", data)
     torch.manual_seed(seed)
     engine = HFEngine(load_model(model, device=device), load_tokenizer(model), batch_size=batch_size)
     groups = engine.generate(items, samples, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
-    ThreadGraderExecutor(grader).score(groups)
+    executor = GraderExecutor(grader)
+    executor.score(groups)
+    executor.close()
     return groups
 
 

@@ -104,7 +104,10 @@ def build_grader(spec: dict[str, Any] | str, where: str = "grader") -> Grader:
     if fault is not None:
         from rftkit.graders.fault import FaultInjector
 
-        grader = FaultInjector.from_spec(grader, fault, f"{where}.fault")
+        try:
+            grader = FaultInjector.from_spec(grader, fault, f"{where}.fault")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return grader
 
 
@@ -125,3 +128,19 @@ def load_grader_spec(text: str) -> dict[str, Any] | str:
             raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
         return data
     return text
+
+
+def grader_problems(grader: Grader, item: Item, where: str = "grader") -> list[str]:
+    """What is wrong with `grader` (and its sub-graders) for this data row, each naming its field."""
+    problems = [f"{where}.{p}" for p in getattr(grader, "check_item", lambda item: [])(item)]
+    for key, child in (getattr(grader, "children", None) or {}).items():
+        problems += grader_problems(child, item, f"{where}.graders.{key}")
+    return problems
+
+
+def check_grader_items(grader: Grader, items: list[Item], where: str, source: str, rows: int = 16) -> None:
+    """ConfigError if the grader's template variables do not fit the first `rows` rows of `source`."""
+    problems = sorted({p for item in items[:rows] for p in grader_problems(grader, item, where)})
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        raise ConfigError(f"{where} does not fit the rows of {source}:\n  {shown}")

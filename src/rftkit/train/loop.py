@@ -28,8 +28,8 @@ from rftkit.config import Config
 from rftkit.data import load_items
 from rftkit.errors import Interrupted, UserError
 from rftkit.eval.passk import evaluate_groups
-from rftkit.graders import build_grader
-from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.graders import build_grader, check_grader_items
+from rftkit.graders.executor import GraderExecutor
 from rftkit.models import apply_lora, load_model, load_tokenizer
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
@@ -112,7 +112,20 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
         "grader/timeouts": grading.timeouts,
         "grader/latency_p50": _percentile(grading.latencies, 0.5),
         "grader/latency_p99": _percentile(grading.latencies, 0.99),
+        **{f"grader/injected_{kind}": n for kind, n in grading.injected.items()},
+        **breakdown_means([c.score for c in completions]),
     }
+
+
+def breakdown_means(scores, limit: int = 32) -> dict[str, float]:
+    """`grader/sub/<name>`: the mean of each sub-reward and logged metric over the scored samples."""
+    values: dict[str, list[float]] = {}
+    for score in scores:
+        if score is not None and score.reward is not None:
+            for key, value in score.breakdown.items():
+                if isinstance(value, (int, float)):
+                    values.setdefault(key, []).append(float(value))
+    return {f"grader/sub/{k}": statistics.fmean(v) for k, v in list(values.items())[:limit] if v}
 
 
 class _deferred_interrupt:
@@ -152,6 +165,7 @@ class Trainer:
         cfg = self.cfg
         grader = build_grader(cfg.grader, "grader")  # config errors surface before any model loads
         self.items: list[Item] = load_items(cfg.data.train, grader.needs_reference, cfg.data.skip_bad_lines)
+        check_grader_items(grader, self.items, "grader", cfg.data.train)
         self.val_items = load_items(cfg.data.val, grader.needs_reference, cfg.data.skip_bad_lines) if cfg.data.val else []
         if cfg.run.eval_interval and not self.val_items:
             raise UserError("run.eval_interval is set but data.val is not: name a validation file or set run.eval_interval=0")
@@ -175,7 +189,7 @@ class Trainer:
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.engine = HFEngine(model, self.tokenizer, batch_size=cfg.rollout.batch_size)
-        self.executor = ThreadGraderExecutor(grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
+        self.executor = GraderExecutor(grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
         start = 0
@@ -315,10 +329,12 @@ class Trainer:
             except KeyboardInterrupt:
                 progress.close()
                 self.sink.close()
+                self.executor.close()
                 raise Interrupted(f"interrupted; the last checkpoint is step {saved_step}; "
                                   f"continue with: rft train --resume {self.run_dir}") from None
         progress.close()
         self.sink.close()
+        self.executor.close()
         return self._save_final()
 
     def _save_final(self) -> Path:
