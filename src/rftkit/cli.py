@@ -17,8 +17,10 @@ app = typer.Typer(help="rftkit: reinforcement fine-tuning for language models.",
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
+grader_app = typer.Typer(help="Try and check graders without a model.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+app.add_typer(grader_app, name="grader")
 err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by the `rft eval` commands: defined once so their names, defaults and help agree.
@@ -69,6 +71,50 @@ def data_validate(
     text = format_report(report)
     (out if report.ok else err).print(text, highlight=False, markup=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+GraderArg = Annotated[str, typer.Argument(help="YAML/JSON file holding one grader object (or a built-in type name)")]
+
+
+@grader_app.command("run")
+def grader_run(
+    grader: GraderArg,
+    item: Annotated[Path, typer.Option("--item", help="JSON file with one item (or a JSONL file: its first row)")],
+    output: Annotated[str, typer.Option("--output", help="the model's answer to grade ('-' reads stdin)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: reward, sub_rewards, errors, latency_s")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="deadline of the call in seconds")] = 30.0,
+) -> None:
+    """Grade one answer: print the reward, sub-rewards, error flags and latency."""
+    from rftkit.graders import tool
+
+    text = sys.stdin.read() if output == "-" else output
+    result = tool.run(grader, tool.read_item(item), text, timeout)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(f"reward: {result['reward']}", highlight=False)
+    for name, value in result["sub_rewards"].items():
+        out.print(f"  {name}: {value}", highlight=False, markup=False)
+    for error in result["errors"]:
+        out.print(f"error: {error}", highlight=False, markup=False)
+    out.print(f"latency: {result['latency_s'] * 1000:.1f} ms", highlight=False)
+
+
+@grader_app.command("validate")
+def grader_validate(
+    grader: GraderArg,
+    item: Annotated[Path, typer.Option("--item", help="also check template variables against this item (JSON/JSONL)")] = None,
+) -> None:
+    """Check a grader config without a model: types, operations, templates, formula, python source."""
+    from rftkit.graders import tool
+
+    problems = tool.validate(grader, tool.read_item(item) if item else None)
+    if problems:
+        err.print("\n".join(f"error: {p}" for p in problems), highlight=False, markup=False)
+        raise typer.Exit(2)
+    out.print(f"ok: {grader}" + ("" if item else " (pass --item to check template variables against a data row)"),
+              highlight=False, markup=False)
+    out.print("\n".join(tool.describe(tool.load_grader(grader))), highlight=False, markup=False)
 
 
 @eval_app.command("run")

@@ -206,3 +206,11 @@ def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool
             f"fix these lines, or set data.skip_bad_lines=true to train on the {n_good} good ones"
         )
     return report.items
+
+
+def item_from_row(row: Any, where: str, require_reference: bool = False) -> Item:
+    """One Item from an already-parsed JSON row (e.g. `rft grader run --item ITEM.json`)."""
+    item, faults = _check_row(row, 1, {}, require_reference)
+    if item is None:
+        raise UserError(f"{where}: not a valid item: " + "; ".join(faults))
+    return item
