@@ -12,6 +12,20 @@ How this differs from the GRPO paper (Shao et al., 2024), and why:
 - `group_mean` (Dr. GRPO) skips the division by the group std, which otherwise favours
   groups whose rewards barely differ; `rloo` uses a leave-one-out baseline;
   `batch_normalized` divides by one std over the whole batch.
+
+DAPO pieces (Yu et al., 2025), each optional and each its own function:
+- clip-higher: `clipped_policy_loss(..., epsilon_high=...)` clips the ratio to
+  [1 - epsilon, 1 + epsilon_high], leaving room for unlikely tokens to grow.
+- `overlong_penalty`: the soft overlong punishment, added to the task reward.
+- `keep_informative_groups`: dynamic sampling's filter. DAPO then samples more prompts until
+  the batch is full; here only the mask is computed, refilling is the loop's choice.
+- mu > 1 updates per batch need nothing new: pass the log-probs stored at sampling time as
+  `old_logp` and the ratio departs from 1 on the later passes.
+
+KL to the reference, `KL_ESTIMATORS`: k1 = logp - ref_logp (unbiased, can be negative per
+token) and k3 (always >= 0, lower variance). Either can be a loss term (`clipped_policy_loss`,
+k3 by default as in the GRPO paper) or a reward penalty applied before advantages
+(`kl_reward_penalty`, k1 by default as in PPO-RLHF and RLOO).
 """
 
 from __future__ import annotations
@@ -68,10 +82,62 @@ def batch_normalized(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 ADVANTAGES = {"group_mean_std": group_mean_std, "group_mean": group_mean, "rloo": rloo, "batch_normalized": batch_normalized}
 
 
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k1 estimate of KL(policy || reference): logp - ref_logp. Unbiased on samples
+    from the policy, but negative wherever the reference likes a token more."""
+    return logp - ref_logp
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref - logp. Always >= 0."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+def kl_reward_penalty(
+    rewards: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k1,
+) -> torch.Tensor:
+    """KL as a reward penalty: rewards - beta * (per-token KL summed over each sequence's completion).
+
+    rewards: [...] one per sequence ([B] or [G, N]); logp, ref_logp, mask: [..., T], the
+    log-probs at sampling time. Apply before the advantages; a failed grading (NaN) stays NaN.
+    Summed, not averaged: the penalty is the sequence's log-ratio, as in PPO-RLHF.
+    """
+    kl = (kl_estimator(logp, ref_logp) * mask).sum(-1)  # [...]
+    return rewards - beta * kl
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment, to add to the task reward. lengths: [...] completion tokens.
+
+    0 while length <= max_len - cache, then linear down to -1 at max_len, -1 beyond:
+    (max_len - cache - length) / cache clamped to [-1, 0]. cache = 0 is a hard step at max_len.
+    """
+    lengths = lengths.float()
+    if cache <= 0:
+        return torch.where(lengths > max_len, -1.0, 0.0)
+    return ((max_len - cache - lengths) / cache).clamp(min=-1.0, max=0.0)
+
+
+def keep_informative_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """Dynamic sampling's filter: True for groups whose valid rewards are not all equal. [G, N] -> [G] bool.
+
+    A group whose rewards are all equal (all right, all wrong) has advantage 0 everywhere and
+    only dilutes the batch; fewer than two valid rewards means no spread either. Exact equality,
+    as DAPO's 0 < accuracy < 1.
+    """
+    valid = ~torch.isnan(rewards)  # [G, N]
+    high = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf)).amax(-1)  # [G]
+    low = torch.where(valid, rewards, torch.full_like(rewards, torch.inf)).amin(-1)  # [G]
+    return (valid.sum(-1) >= 2) & (high > low)
 
 
 @dataclass
@@ -118,25 +184,31 @@ def clipped_policy_loss(
     aggregate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
+    *,
+    epsilon_high: float | None = None,
+    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k3,
 ) -> LossParts:
-    """PPO-style clipped surrogate with optional k3 KL, aggregated over tokens.
+    """PPO-style clipped surrogate with an optional KL term, aggregated over tokens.
 
     logp, old_logp, mask, ref_logp: [B, T]; advantages: [B]. `mask` is 1 on completion
     tokens. `aggregate(values, mask)` is an AGGREGATIONS entry bound to the whole step's
     counts, so the micro-batch losses add up to the step's loss. With one update per batch
     (mu = 1) old_logp is logp detached: the ratio is 1 and the gradient is
-    advantage * grad log p.
+    advantage * grad log p; with mu > 1 old_logp is what was stored at sampling time.
+    The ratio is clipped to [1 - epsilon, 1 + epsilon_high] (DAPO's clip-higher);
+    epsilon_high None means epsilon, the symmetric PPO clip.
     """
+    high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logp - old_logp)  # [B, T]
     adv = advantages[:, None]  # [B, 1]
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + high) * adv
     per_token = -torch.min(unclipped, clipped)  # [B, T]
     pg = aggregate(per_token, mask)
     loss = pg
     kl_sum = torch.zeros(())
     if ref_logp is not None and beta > 0:
-        kl = kl_k3(logp, ref_logp)  # [B, T]
+        kl = kl_estimator(logp, ref_logp)  # [B, T]
         loss = loss + beta * aggregate(kl, mask)
         kl_sum = (kl * mask).sum().detach()
     was_clipped = ((clipped < unclipped).float() * mask).sum().detach()
