@@ -1,5 +1,6 @@
 """The built-in graders by hand: math, regex, json_schema, length_penalty, reward_function."""
 
+import importlib
 import importlib.util
 import json
 import pickle
@@ -74,7 +75,8 @@ def test_math_no_answer_is_0_with_format_0(text):
     assert (score.reward, score.breakdown, score.error) == (0.0, {"correct": 0.0, "format": 0.0}, None)
 
 
-@pytest.mark.parametrize("text", ["ANSWER: \\frac{1}{", "ANSWER: }}{{", "ANSWER: \\boxed{", "\\boxed{\\\\}", "ANSWER: " + "(" * 100])
+@pytest.mark.parametrize(
+    "text", ["ANSWER: \\frac{1}{", "ANSWER: }}{{", "ANSWER: \\boxed{", "\\boxed{\\\\}", "ANSWER: " + "(" * 100])
 def test_math_unparseable_answer_is_0_not_a_crash(text):
     score = MathGrader().grade(item("42"), text)
     assert score.reward == 0.0 and score.error is None
@@ -262,8 +264,205 @@ def test_length_penalty_in_words_and_bad_options():
     g = build_grader({"type": "length_penalty", "max_len": 4, "buffer": 2, "unit": "words"})
     assert g.grade(None, "one  two\nthree").reward == pytest.approx(-0.5)  # 3 words: (4 - 2 - 3) / 2
     assert g.grade(None, "one two three four five").reward == -1.0
-    for options, field in [({"max_len": 0}, "max_len"), ({"max_len": 1.5}, "max_len"), ({"max_len": 10, "buffer": 11}, "buffer"),
+    for options, field in [({"max_len": 0}, "max_len"), ({"max_len": 1.5}, "max_len"),
+                           ({"max_len": 10, "buffer": 11}, "buffer"),
                            ({"max_len": 10, "buffer": -1}, "buffer"), ({"max_len": 10, "unit": "tokens"}, "unit"),
                            ({}, "max_len")]:
         with pytest.raises(ConfigError, match=field):
             build_grader({"type": "length_penalty", **options})
+
+
+# ---------------------------------------------------------------- reward_function
+
+REWARDS_PY = '''
+import asyncio
+import math
+
+CALLS = []
+
+
+def reward(completions, **kwargs):
+    CALLS.append({"completions": completions, **kwargs})
+    return [float(len(c)) for c in completions]
+
+
+def exact(completions, reference_answer, prompts):  # no **kwargs: gets only what it names
+    return [1.0 if c == r else 0.0 for c, r in zip(completions, reference_answer)]
+
+
+def conversational(completions, **kwargs):
+    return [1.0 if c[0]["role"] == "assistant" and c[0]["content"] == "ok" else 0.0 for c in completions]
+
+
+def maybe(completions, **kwargs):
+    return [None if c == "skip" else 1 for c in completions]
+
+
+def too_few(completions, **kwargs):
+    return [1.0]
+
+
+def broken(completions, **kwargs):
+    return [1.0 / 0 for c in completions]
+
+
+def odd_values(completions, **kwargs):
+    return ["1.0", math.nan, True, 2]
+
+
+async def slow_async(completions, **kwargs):
+    await asyncio.sleep(0)
+    return [0.5 for _ in completions]
+
+
+def no_completions(prompts):
+    return []
+'''
+
+
+@pytest.fixture
+def rewards_py(tmp_path):
+    path = tmp_path / "rewards.py"
+    path.write_text(REWARDS_PY)
+    return str(path)
+
+
+def rf(path, function=None, **options):
+    return build_grader({"type": "reward_function", "path": path, **({"function": function} if function else {}), **options})
+
+
+def test_reward_function_gets_trl_keyword_lists(rewards_py):
+    g = rf(rewards_py, batch_size=8)
+    assert isinstance(g, RewardFunctionGrader) and g.name == "reward" and g.batch_size == 8 and not g.needs_reference
+    a = Item(id="a", messages=[{"role": "user", "content": "1+1?"}], reference_answer="2", metadata={"level": 1})
+    b = Item(id="b", messages=[{"role": "user", "content": "2+2?"}], reference_answer="4", metadata={"topic": "add"})
+    scores = g.grade_batch([(a, "two"), (b, "four!"), (a, "")])
+    assert [s.reward for s in scores] == [3.0, 5.0, 0.0] and all(s.error is None for s in scores)
+    (call,) = sys_module(rewards_py).CALLS
+    assert call == {
+        "completions": ["two", "four!", ""],
+        "prompts": [a.messages, b.messages, a.messages],
+        "id": ["a", "b", "a"],
+        "reference_answer": ["2", "4", "2"],
+        "level": [1, None, 1],  # a field some rows lack is None for them
+        "topic": [None, "add", None],
+        "completion_ids": None,
+        "trainer_state": None,
+    }
+    assert g.grade(b, "abc").reward == 3.0  # grade() is a batch of one
+
+
+def sys_module(path):
+    import sys
+
+    return next(m for name, m in sys.modules.items() if name.startswith("rftkit_reward_rewards_")
+                and getattr(m, "__file__", None) == path)
+
+
+def test_reward_function_without_kwargs_and_conversational(rewards_py):
+    scores = rf(rewards_py, "exact").grade_batch([(item("2"), "2"), (item("2"), "3")])
+    assert [s.reward for s in scores] == [1.0, 0.0]
+    g = rf(rewards_py, "conversational", completion_format="messages", name="conv")
+    assert g.name == "conv" and [s.reward for s in g.grade_batch([(item(), "ok"), (item(), "no")])] == [1.0, 0.0]
+    assert rf(rewards_py, "slow_async").grade(item(), "x").reward == 0.5
+
+
+def test_reward_function_failures_are_masked_samples_not_crashes(rewards_py):
+    calls = [(item(), "a"), (item(), "skip"), (item(), "c")]
+    none = rf(rewards_py, "maybe").grade_batch(calls)
+    assert [s.reward for s in none] == [1.0, None, 1.0]
+    assert none[1].error == "reward_not_applicable: maybe() returned None for this sample"
+    short = rf(rewards_py, "too_few").grade_batch(calls)
+    assert [s.reward for s in short] == [None] * 3
+    assert short[0].error == "python_grader_runtime_error: too_few() returned 1 rewards for 3 completions"
+    boom = rf(rewards_py, "broken").grade_batch(calls)
+    assert [s.reward for s in boom] == [None] * 3 and boom[0] is not boom[1]
+    # the exception's last line and the innermost frame in the user's file (`<listcomp>` before 3.12)
+    assert boom[0].error.startswith(
+        "python_grader_runtime_error: ZeroDivisionError: float division by zero (rewards.py:30 in ")
+    odd = rf(rewards_py, "odd_values").grade_batch(calls + [(item(), "d")])
+    assert [s.reward for s in odd] == [None, None, 1.0, 2.0]
+    assert odd[0].error == "python_grader_runtime_error: odd_values() returned '1.0', not a number"
+    assert odd[1].error == "python_grader_runtime_error: odd_values() returned nan, not a finite number"
+
+
+def test_reward_function_default_function_and_build_errors(tmp_path, rewards_py, monkeypatch):
+    one = tmp_path / "one.py"
+    one.write_text("import re\n\ndef _helper():\n    pass\n\n"
+                   "def score_it(completions, **kw):\n    return [1.0] * len(completions)\n")
+    two = tmp_path / "two.py"
+    two.write_text("def f(completions):\n    return []\n\ndef g(completions):\n    return []\n")
+    (tmp_path / "bad.py").write_text("import not_a_module_anywhere\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(1)\n")
+    monkeypatch.chdir(tmp_path)  # relative paths start from the current directory
+    assert rf("one.py").name == "score_it"  # the only public function of the file
+    for options, message in [
+        ({"path": "two.py"}, r"function: two.py defines \['f', 'g'\]"),
+        ({"path": "missing.py"}, "path: no Python file at"),
+        ({"path": "bad.py"}, "path: importing bad.py failed: ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+        ({"path": "exits.py"}, "path: importing exits.py failed: SystemExit"),
+        ({"path": rewards_py, "function": "nope"}, "function: rewards.py has no function 'nope'"),
+        ({"path": rewards_py, "function": "no_completions"},
+         "function: no_completions.. must take a `completions` argument"),
+        ({"path": rewards_py, "batch_size": 0}, "batch_size"),
+        ({"path": rewards_py, "completion_format": "chat"}, "completion_format"),
+        ({"path": rewards_py, "function": 3}, "function"),
+        ({}, "path"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_grader({"type": "reward_function", **options})
+
+
+def test_reward_function_survives_pickling(rewards_py):
+    """A grader sent to another process (Ray) reloads its function from the file."""
+    g = pickle.loads(pickle.dumps(rf(rewards_py, "exact", batch_size=3)))
+    assert (g.name, g.batch_size) == ("exact", 3) and g.grade(item("2"), "2").reward == 1.0
+
+
+def test_example_trl_reward_file_on_arithmetic_rows():
+    g = build_grader({"type": "reward_function", "path": str(EXAMPLES / "trl_reward.py")})
+    assert g.name == "reward"
+    row = Item(id="a", messages=[{"role": "user", "content": "What is 18 + 33 + 64?"}], reference_answer="115")
+    texts = [
+        "18 + 33 = 51. 51 + 64 = 115. ANSWER: 115",  # 0.8 * 1 + 0.1 * 1 + 0.1 * 2/2
+        "18 + 33 = 51. 51 + 64 = 116. ANSWER: 116",  # 0.8 * 0 + 0.1 * 1 + 0.1 * 1/2
+        "18 + 33 = 50. ANSWER: 115 is it",  # 0.8 * 0 + 0.1 * 0 + 0.1 * 0/1 (the answer line is not last)
+        "no idea",  # 0
+    ]
+    rewards = [s.reward for s in g.grade_batch([(row, t) for t in texts])]
+    assert rewards == pytest.approx([1.0, 0.15, 0.0, 0.0])
+    unreferenced = Item(id="b", messages=[], reference_answer=None)
+    assert g.grade(unreferenced, "ANSWER: 1").error.startswith("reward_not_applicable")
+
+
+def test_reward_function_through_the_executor(rewards_py):
+    """The executor sends batches of up to batch_size from its worker threads."""
+    executor_module = importlib.import_module("rftkit.graders.executor")
+    executor_cls = getattr(executor_module, "GraderExecutor", None)
+    if executor_cls is None or not hasattr(executor_cls, "grade_calls"):
+        pytest.skip("this executor has no batched grade_calls")
+    g = rf(rewards_py, batch_size=2)
+    module = sys_module(rewards_py)
+    module.CALLS.clear()
+    executor = executor_cls(g, timeout_s=10, step_budget_s=30)
+    try:
+        scores, _ = executor.grade_calls([(item(), "x" * n) for n in range(5)])
+    finally:
+        executor.close()
+    assert [s.reward for s in scores] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert sorted(len(c["completions"]) for c in module.CALLS) == [1, 2, 2]
+
+
+# ---------------------------------------------------------------- the example grader files
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_grader_files_build(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # reward_function.yaml names its file from the repository root
+    spec = load_grader_spec(str(path))
+    if spec["type"] == "multi" and importlib.util.find_spec("rftkit.graders.multi") is None:
+        pytest.skip("no multi grader in this checkout")
+    grader = build_grader(spec, str(path))
+    row = Item(id="a", messages=[{"role": "user", "content": "What is 18 + 33 + 64?"}], reference_answer="115")
+    score = grader.grade(row, '18 + 33 = 51. 51 + 64 = 115. ANSWER: 115')
+    assert score.error is None and score.reward is not None

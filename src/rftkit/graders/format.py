@@ -65,14 +65,16 @@ class RegexGrader:
         bits = 0
         for flag in flags:
             if not isinstance(flag, str) or flag.upper() not in REGEX_FLAGS:
-                raise ValueError(f"flags: unknown regex flag {flag!r}; valid: IGNORECASE, DOTALL, MULTILINE, VERBOSE, ASCII")
+                raise ValueError(f"flags: unknown regex flag {flag!r}; "
+                                 "valid: IGNORECASE, DOTALL, MULTILINE, VERBOSE, ASCII")
             bits |= REGEX_FLAGS[flag.upper()]
         if not isinstance(pattern, str):
             raise ValueError(f"pattern: must be a string (got {type(pattern).__name__})")
         try:
             self.regex = re.compile(pattern, bits)
         except re.error as exc:
-            raise ValueError(f"pattern: invalid regular expression {pattern!r}: {exc.msg} at position {exc.pos}") from None
+            raise ValueError(f"pattern: invalid regular expression {pattern!r}: "
+                             f"{exc.msg} at position {exc.pos}") from None
         self.reward_match = _number(reward_match, "reward_match")
         self.reward_miss = _number(reward_miss, "reward_miss")
         self.mode, self.name = mode, _check_name(name)

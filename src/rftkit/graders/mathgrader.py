@@ -84,7 +84,8 @@ def _clean(answer: str) -> str:
     answer = answer.rstrip(". ").strip()
     for left, right in _WRAPPERS:
         inner = answer[len(left):-len(right)]
-        if len(answer) > len(left) + len(right) and answer.startswith(left) and answer.endswith(right) and left not in inner:
+        wrapped = len(answer) > len(left) + len(right) and answer.startswith(left) and answer.endswith(right)
+        if wrapped and left not in inner:
             return inner.strip()
     return answer
 
