@@ -317,6 +317,9 @@ async def slow_async(completions, **kwargs):
 
 def no_completions(prompts):
     return []
+
+
+alias = exact  # found, named and pickled by the name it has in the file
 '''
 
 
@@ -415,8 +418,8 @@ def test_reward_function_default_function_and_build_errors(tmp_path, rewards_py,
 
 def test_reward_function_survives_pickling(rewards_py):
     """A grader sent to another process (Ray) reloads its function from the file."""
-    g = pickle.loads(pickle.dumps(rf(rewards_py, "exact", batch_size=3)))
-    assert (g.name, g.batch_size) == ("exact", 3) and g.grade(item("2"), "2").reward == 1.0
+    g = pickle.loads(pickle.dumps(rf(rewards_py, "alias", batch_size=3)))
+    assert (g.name, g.batch_size) == ("alias", 3) and g.grade(item("2"), "2").reward == 1.0
 
 
 def test_example_trl_reward_file_on_arithmetic_rows():

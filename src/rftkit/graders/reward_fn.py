@@ -50,8 +50,8 @@ NOT_APPLICABLE = "reward_not_applicable"
 RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")
 
 
-def load_function(path: str, function: str | None) -> tuple[Path, Callable]:
-    """Import `path` and return (its absolute path, the reward function). ValueError names the field."""
+def load_function(path: str, function: str | None) -> tuple[Path, str, Callable]:
+    """Import `path`: (its absolute path, the function's name there, the function). ValueError names the field."""
     file = Path(path).expanduser().resolve()
     if not file.is_file() or file.suffix != ".py":
         raise ValueError(f"path: no Python file at {str(file)!r} (relative paths start from {Path.cwd()})")
@@ -83,7 +83,7 @@ def load_function(path: str, function: str | None) -> tuple[Path, Callable]:
     if not any(p.name == "completions" or p.kind is p.VAR_KEYWORD for p in params):
         raise ValueError(f"function: {function}() must take a `completions` argument (or **kwargs), "
                          "as TRL reward functions do")
-    return file, fn
+    return file, function, fn
 
 
 def _last_line(exc: BaseException, file: Path) -> str:
@@ -113,13 +113,13 @@ class RewardFunctionGrader:
             raise ValueError(f"batch_size: must be a positive integer (got {batch_size!r})")
         if completion_format not in ("text", "messages"):
             raise ValueError(f"completion_format: must be 'text' or 'messages' (got {completion_format!r})")
-        self.file, self.fn = load_function(path, function)
+        self.file, self.function, self.fn = load_function(path, function)
         self.batch_size, self.completion_format = batch_size, completion_format
-        self.name = name or self.fn.__name__
+        self.name = name or self.function
         params = inspect.signature(self.fn).parameters.values()
         self._names = None if any(p.kind is p.VAR_KEYWORD for p in params) else {p.name for p in params}
         # what pickling (Ray workers) rebuilds the grader from: the function travels as its file
-        self._options = {"path": str(self.file), "function": self.fn.__name__, "batch_size": batch_size,
+        self._options = {"path": str(self.file), "function": self.function, "batch_size": batch_size,
                          "completion_format": completion_format, "name": self.name}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,22 +150,22 @@ class RewardFunctionGrader:
             error = f"{RUNTIME_ERROR}: {_last_line(exc, self.file)}"
             return [Score.failed(error) for _ in calls]
         if len(rewards) != len(calls):
-            error = (f"{RUNTIME_ERROR}: {self.fn.__name__}() returned {len(rewards)} rewards "
+            error = (f"{RUNTIME_ERROR}: {self.function}() returned {len(rewards)} rewards "
                      f"for {len(calls)} completions")
             return [Score.failed(error) for _ in calls]
         return [self._score(r) for r in rewards]
 
     def _score(self, reward: Any) -> Score:
         if reward is None:
-            return Score.failed(f"{NOT_APPLICABLE}: {self.fn.__name__}() returned None for this sample")
+            return Score.failed(f"{NOT_APPLICABLE}: {self.function}() returned None for this sample")
         try:
             if isinstance(reward, (str, bytes)):
                 raise TypeError
             value = float(reward)  # int, bool, numpy and 0-d torch numbers all convert
         except (TypeError, ValueError):
-            return Score.failed(f"{RUNTIME_ERROR}: {self.fn.__name__}() returned {reward!r}, not a number")
+            return Score.failed(f"{RUNTIME_ERROR}: {self.function}() returned {reward!r}, not a number")
         if not math.isfinite(value):
-            return Score.failed(f"{RUNTIME_ERROR}: {self.fn.__name__}() returned {value}, not a finite number")
+            return Score.failed(f"{RUNTIME_ERROR}: {self.function}() returned {value}, not a finite number")
         return Score(reward=value)
 
     def grade(self, item: Item, text: str) -> Score:
