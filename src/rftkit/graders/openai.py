@@ -58,6 +58,10 @@ def check_name(name: object) -> str:
     return name
 
 
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_choice(field: str, value: object, choices: dict) -> str:
     if value not in choices:
         raise ValueError(f"{field}: unknown value {value!r}; valid: {sorted(choices)}")

@@ -45,7 +45,7 @@ from typing import Callable
 from rapidfuzz import fuzz
 
 from rftkit.graders import template
-from rftkit.graders.openai import TemplateFields, check_choice, check_name
+from rftkit.graders.openai import TemplateFields, check_choice, check_name, is_number
 from rftkit.types import Item, Score
 
 _WORD_RE = re.compile(r"\w+")
@@ -170,7 +170,8 @@ class EmbeddingCosine:
     def __init__(self, model: object):
         if not isinstance(model, str) or not model:
             raise ValueError("evaluation_metric: cosine needs an installed local embedding model: set "
-                             "`embedding_model` to a sentence-transformers model path (pip install sentence-transformers)")
+                             "`embedding_model` to a sentence-transformers model path "
+                             "(pip install sentence-transformers)")
         try:
             import sentence_transformers  # noqa: F401  (checked now, loaded on first use)
         except ImportError:
@@ -199,8 +200,7 @@ class TextSimilarityGrader:
         if embedding_model is not None and evaluation_metric != "cosine":
             raise ValueError(f"embedding_model: only used by evaluation_metric: cosine (not {evaluation_metric!r})")
         self.metric = EmbeddingCosine(embedding_model) if evaluation_metric == "cosine" else METRICS[evaluation_metric]
-        if pass_threshold is not None and (isinstance(pass_threshold, bool) or not isinstance(pass_threshold, (int, float))
-                                           or not 0.0 <= pass_threshold <= 1.0):
+        if pass_threshold is not None and not (is_number(pass_threshold) and 0.0 <= pass_threshold <= 1.0):
             raise ValueError(f"pass_threshold: must be a number within [0, 1] (got {pass_threshold!r})")
         self.pass_threshold = pass_threshold
         self.templates = TemplateFields({"input": input, "reference": reference})
