@@ -440,10 +440,7 @@ def test_example_trl_reward_file_on_arithmetic_rows():
 
 def test_reward_function_through_the_executor(rewards_py):
     """The executor sends batches of up to batch_size from its worker threads."""
-    executor_module = importlib.import_module("rftkit.graders.executor")
-    executor_cls = getattr(executor_module, "GraderExecutor", None)
-    if executor_cls is None or not hasattr(executor_cls, "grade_calls"):
-        pytest.skip("this executor has no batched grade_calls")
+    from rftkit.graders.executor import GraderExecutor as executor_cls
     g = rf(rewards_py, batch_size=2)
     module = sys_module(rewards_py)
     module.CALLS.clear()
@@ -461,10 +458,8 @@ def test_reward_function_through_the_executor(rewards_py):
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_example_grader_files_build(path, monkeypatch):
-    monkeypatch.chdir(REPO)  # reward_function.yaml names its file from the repository root
+    monkeypatch.chdir(path.parent.parent)  # file paths in a grader file are relative to that file, not the cwd
     spec = load_grader_spec(str(path))
-    if spec["type"] == "multi" and importlib.util.find_spec("rftkit.graders.multi") is None:
-        pytest.skip("no multi grader in this checkout")
     grader = build_grader(spec, str(path))
     row = Item(id="a", messages=[{"role": "user", "content": "What is 18 + 33 + 64?"}], reference_answer="115")
     score = grader.grade(row, '18 + 33 = 51. 51 + 64 = 115. ANSWER: 115')

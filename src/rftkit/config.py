@@ -161,6 +161,10 @@ def _resolve_paths(data: dict, root: Path) -> None:
             candidate = root / value
             if section == "data" or candidate.exists():
                 data[section][key] = str(candidate)
+    if isinstance(data.get("grader"), dict):
+        from rftkit.graders.base import resolve_grader_paths
+
+        data["grader"] = resolve_grader_paths(data["grader"], root)
 
 
 def _format_validation(exc: ValidationError) -> str:

@@ -116,6 +116,23 @@ def _takes_where(cls: type) -> bool:
     return "where" in inspect.signature(cls.__init__).parameters
 
 
+FILE_OPTIONS = ("path", "schema_file")  # grader options naming a file
+
+
+def resolve_grader_paths(spec: Any, root: Path) -> Any:
+    """File options of a grader (and its sub-graders) written in a YAML/JSON file are relative to that file."""
+    if not isinstance(spec, dict):
+        return spec
+    out = dict(spec)
+    for key in FILE_OPTIONS:
+        value = out.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (root / value).exists():
+            out[key] = str(root / value)
+    if isinstance(out.get("graders"), dict):
+        out["graders"] = {k: resolve_grader_paths(v, root) for k, v in out["graders"].items()}
+    return out
+
+
 def load_grader_spec(text: str) -> dict[str, Any] | str:
     """A CLI `--grader` value: a grader type name, or a YAML/JSON file holding one grader object."""
     path = Path(text)
@@ -126,7 +143,7 @@ def load_grader_spec(text: str) -> dict[str, Any] | str:
             data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
-        return data
+        return resolve_grader_paths(data, path.resolve().parent)
     return text
 
 
