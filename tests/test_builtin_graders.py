@@ -1,7 +1,5 @@
 """The built-in graders by hand: math, regex, json_schema, length_penalty, reward_function."""
 
-import importlib
-import importlib.util
 import json
 import pickle
 import threading
