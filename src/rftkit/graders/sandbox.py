@@ -1,0 +1,351 @@
+"""A pool of pre-started sandbox workers that run untrusted Python (user graders, model-written code).
+
+Both the `python` grader (the user's `grade(sample, item)`) and the `code` grader (the
+model's program against test cases) send their calls here. A call blocks the calling
+thread until its result or its deadline; one call per worker at a time; a dead worker is
+replaced. Each worker is `python -I _sandbox_worker.py` (standard library only), and each
+call is a fork of it, so a call costs a few milliseconds instead of an interpreter start.
+
+What every call gets, when the layer is available (`capabilities()` says which are):
+
+| protection | how | guarantee |
+|---|---|---|
+| wall-clock deadline | INIT (see below) SIGKILLs the code at `timeout_s`; the worker kills INIT 1 s later; the host kills the worker 5 s later | the call returns by then |
+| no leftover processes | the code runs as pid 2 of a fresh PID namespace whose pid 1 is our INIT; when INIT exits the kernel kills every process left in it (background jobs, `setsid` daemons, fork bombs) | nothing outlives the call |
+| no network | a network namespace per worker (only a down loopback) + Landlock denies TCP bind/connect (ABI >= 4) | no TCP/UDP to the host or beyond |
+| filesystem | Landlock: read-only access to the Python installation, `sys.path` and /usr, /lib*; read-write only to the call's fresh temp dir (its cwd, HOME and TMPDIR, deleted after the call) | cannot read or write files elsewhere (your repo, /tmp, /etc/passwd) |
+| signals, abstract sockets | Landlock scopes (ABI >= 6) + a different uid + the PID namespace | cannot signal the worker, the host or any other process |
+| unprivileged | as root: setuid to a per-worker uid (`UID_BASE + k`), no groups, no_new_privs | no root powers; RLIMIT_NPROC counts only this call |
+| resources | RLIMIT_AS (`memory_mb`), RLIMIT_CPU (`timeout_s`), RLIMIT_FSIZE (`output_mb`, per file; stdout/stderr go to files), RLIMIT_NPROC (`max_procs`), no core files | a memory/output/fork bomb fails inside the sandbox |
+| host memory | the worker reads at most `max_stdout` bytes of stdout, 64 KiB of stderr and 1 MiB of result | gigabytes of output never reach the host |
+
+Not guaranteed: (1) disk use inside the temp dir is bounded per file (`output_mb`), not in
+total, so a program can write `timeout_s` worth of files before it is killed; (2) without
+root or an unprivileged user namespace there are no namespaces: the code runs in its own
+session under a subreaper INIT that kills every descendant it can find, but a process
+that escapes (e.g. one re-parented elsewhere) may survive, and there is no network
+isolation unless Landlock ABI >= 4 is there (TCP only); (3) without Landlock (kernel <
+5.13) the filesystem is protected only by the uid drop (root) or not at all (non-root);
+(4) pathname Unix sockets are not covered by Landlock ABI <= 7 (the uid drop keeps
+root-owned ones closed); (5) the test harness of the `code` grader runs in the same
+interpreter as the candidate (as in HumanEval), so a deliberately adversarial candidate
+can forge a pass; cheap hacks (`sys.exit(0)` before the tests, `os._exit`) are failures.
+
+    >>> pool = get_pool()
+    >>> call = pool.run("python_grade", {"source": "def grade(s, i): return 1", "sample": {}, "item": {}})
+    >>> call.runs[0].result
+    {'ok': True, 'value': 1.0}
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import math
+import os
+import queue
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKER_PATH = Path(__file__).with_name("_sandbox_worker.py")
+UID_BASE = 64000  # worker k runs calls as uid/gid UID_BASE + k % UID_SLOTS (root only)
+UID_SLOTS = 1000
+START_TIMEOUT_S = 30.0  # a worker that has not said "ready" by then is replaced
+HOST_SLACK_S = 5.0
+DISK_MB = 256  # per worker: total size of the files its calls may write (when it can mount a tmpfs)  # past timeout_s the host stops waiting for a worker and replaces it
+TIMEOUT = "timeout"  # RunResult.kind of a run killed at its deadline
+
+_uids = itertools.count()
+_pools: weakref.WeakSet = weakref.WeakSet()
+_shared: SandboxPool | None = None
+_shared_lock = threading.Lock()
+
+
+class SandboxError(Exception):
+    """The sandbox itself failed (a worker died or could not start); not the code's fault."""
+
+
+@dataclass
+class RunResult:
+    """One run of untrusted code: how it ended, what it returned, a bounded view of its output."""
+
+    result: dict | None = None  # what the harness in the sandbox reported ({"ok": ...}), None if it never did
+    timed_out: bool = False
+    skipped: bool = False  # the call's time was used up before this run started
+    signal: str | None = None  # e.g. "SIGSEGV" when the process was killed by a signal
+    exit_code: int | None = None
+    stdout: str = ""  # at most `max_stdout` bytes
+    stdout_bytes: int = 0  # full size of what it wrote
+    stderr_tail: str = ""
+    output_limit_hit: bool = False
+    wall_s: float | None = None
+    cpu_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.result and self.result.get("ok") is True)
+
+    def reason(self, timeout_s: float, memory_mb: int, output_mb: int) -> str:
+        """Why a run that is not `ok` failed, in words: 'killed by SIGSEGV', 'ValueError: x (line 3, in grade)'."""
+        res = self.result or {}
+        cpu_limit = max(1, math.ceil(timeout_s))
+        if self.skipped:
+            return f"not run: the call's {timeout_s:g}s were used up"
+        if self.timed_out:
+            return f"did not finish within {timeout_s:g}s (killed)"
+        if self.signal == "SIGXCPU" or (self.signal == "SIGKILL" and (self.cpu_s or 0) >= cpu_limit):
+            return f"CPU time limit ({cpu_limit} s) exceeded"
+        if self.signal == "SIGXFSZ" or (self.output_limit_hit and (res.get("errno") == 27 or not res)):
+            return f"output file size limit ({output_mb} MB) exceeded"
+        if res.get("error_type") == "MemoryError":
+            return f"memory limit {memory_mb} MB exceeded (MemoryError)"
+        if self.signal:
+            return f"killed by {self.signal}"
+        if not res:
+            tail = self.stderr_tail.strip().splitlines()
+            said = f"; stderr: {tail[-1][:200]}" if tail else ""
+            return f"exited with status {self.exit_code} without reporting a result{said}"
+        if res.get("phase") in ("return", "exit", "sandbox", "result", "entry_point"):
+            return res.get("message") or res.get("phase")
+        where = f" ({res['where']})" if res.get("where") else ""
+        message = f": {res['message']}" if res.get("message") else ""
+        return f"{res.get('error_type', 'error')}{message}{where}"
+
+
+@dataclass
+class CallResult:
+    runs: list[RunResult] = field(default_factory=list)
+    error: str | None = None  # set when the sandbox failed (SandboxError text); runs is then empty
+
+
+def default_workers() -> int:
+    """One worker per core, at least two (a call spends part of its time in fork/exit, not on a core)."""
+    return max(2, os.cpu_count() or 2)
+
+
+def _worker_env() -> dict[str, str]:
+    """Workers never see the host's environment (API keys of judge graders live there)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if "LD_LIBRARY_PATH" in os.environ:  # some Python builds need it to start at all
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return env
+
+
+class _Worker:
+    """The host's handle on one worker process."""
+
+    def __init__(self, disk_mb: int) -> None:
+        self.uid = UID_BASE + next(_uids) % UID_SLOTS
+        self.base_dir = tempfile.mkdtemp(prefix="rftkit-sandbox-")
+        os.chmod(self.base_dir, 0o711)  # the sandbox uid must traverse it to reach its own temp dir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=_worker_env(), cwd="/", close_fds=True, start_new_session=True)  # Ctrl-C is the host's
+        self._buf = b""
+        self.capabilities: dict[str, Any] | None = None
+        self.calls = 0
+
+    def ready(self) -> dict[str, Any]:
+        if self.capabilities is None:
+            hello = self._read(time.monotonic() + START_TIMEOUT_S)
+            if not hello.get("ready"):
+                raise SandboxError(f"sandbox worker failed to start: {hello.get('error')}")
+            self.capabilities = hello["capabilities"]
+        return self.capabilities
+
+    def call(self, request: dict[str, Any], wait_s: float) -> dict[str, Any]:
+        try:
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise SandboxError(f"sandbox worker is gone ({exc})") from None
+        self.calls += 1
+        return self._read(time.monotonic() + wait_s)
+
+    def _read(self, deadline: float) -> dict[str, Any]:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SandboxError("sandbox worker did not answer in time")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    code = self.proc.poll()
+                    raise SandboxError(f"sandbox worker died (exit status {code})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return json.loads(line)
+
+    def stop(self, kill: bool = False) -> None:
+        """End the worker (EOF on stdin makes it clean up; SIGKILL if it does not) and remove its temp dir."""
+        if self.proc.poll() is None and not kill:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()  # its INIT has PDEATHSIG=SIGKILL, so the running call's namespace dies too
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class SandboxPool:
+    """Pre-started sandbox workers; thread-safe. `run(...)` blocks until the call's result or its deadline."""
+
+    def __init__(self, workers: int | None = None, disk_mb: int = DISK_MB):
+        """disk_mb: size of each worker's private tmpfs holding its calls' temp dirs (root/user namespace only)."""
+        self.size, self.disk_mb = int(workers or default_workers()), int(disk_mb)
+        if self.size < 1:
+            raise ValueError(f"workers must be >= 1 (got {workers})")
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._workers: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.closed = False
+        for _ in range(self.size):
+            self._idle.put(self._spawn())
+        _pools.add(self)
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self.disk_mb)
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._workers.discard(worker)
+        worker.stop(kill=True)
+
+    def grow(self, workers: int) -> None:
+        """Add workers until the pool has `workers` of them."""
+        with self._lock:
+            extra, self.size = max(0, workers - self.size), max(self.size, workers)
+        for _ in range(extra):
+            self._idle.put(self._spawn())
+
+    def capabilities(self) -> dict[str, Any]:
+        """The protections the workers apply to every call (see the module docstring)."""
+        worker = self._acquire()
+        try:
+            return dict(worker.ready())
+        finally:
+            self._release(worker)
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.proc.pid for w in self._workers]
+
+    def _acquire(self) -> _Worker:
+        if self.closed:
+            raise SandboxError("the sandbox pool is closed")
+        while True:
+            worker = self._idle.get()
+            if worker.proc.poll() is None:
+                return worker
+            self._retire(worker)  # died while idle: replace it before any code runs on it
+            self._idle.put(self._spawn())
+
+    def _release(self, worker: _Worker) -> None:
+        if self.closed:
+            self._retire(worker)
+        else:
+            self._idle.put(worker)
+
+    def run(self, kind: str, payload: dict[str, Any], runs: list[dict[str, Any]] | None = None, *,
+            timeout_s: float = 5.0, memory_mb: int = 512, output_mb: int = 16, max_procs: int = 32,
+            max_stdout: int = 0) -> CallResult:
+        """Run `kind` ("python_grade", "check" or "script") once per entry of `runs` ({"stdin": str}).
+
+        `timeout_s` is the budget of the whole call (all its runs). A sandbox failure
+        comes back as `CallResult.error`, never as an exception.
+        """
+        request = {**payload, "kind": kind, "runs": runs or [{}], "timeout_s": float(timeout_s),
+                   "memory_mb": int(memory_mb), "output_mb": int(output_mb), "max_procs": int(max_procs),
+                   "max_stdout": int(max_stdout)}
+        try:
+            worker = self._acquire()
+        except SandboxError as exc:
+            return CallResult(error=str(exc))
+        request["id"] = next(self._ids)
+        healthy = False
+        try:
+            worker.ready()
+            answer = worker.call(request, timeout_s + HOST_SLACK_S)
+            if answer.get("error"):
+                return CallResult(error=f"sandbox worker error: {answer['error']}")
+            healthy = True
+            return CallResult(runs=[_run_result(r) for r in answer["runs"]])
+        except SandboxError as exc:
+            return CallResult(error=str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            return CallResult(error=f"sandbox worker sent a bad answer ({exc})")
+        finally:
+            if healthy:
+                self._release(worker)
+            else:
+                self._retire(worker)
+                if not self.closed:
+                    self._idle.put(self._spawn())
+
+    def close(self) -> None:
+        """Stop every worker (a call in flight ends as a SandboxError) and remove their temp dirs."""
+        self.closed = True
+        with self._lock:
+            workers = list(self._workers)
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _run_result(raw: dict[str, Any]) -> RunResult:
+    known = RunResult.__dataclass_fields__
+    return RunResult(**{k: v for k, v in raw.items() if k in known})
+
+
+def get_pool(workers: int | None = None) -> SandboxPool:
+    """The process-wide pool, started on first use and grown to `workers` when asked for more."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed:
+            _shared = SandboxPool(workers)
+        elif workers and workers > _shared.size:
+            _shared.grow(workers)
+        return _shared
+
+
+def capabilities() -> dict[str, Any]:
+    """Which protections are active on this machine (asks a worker of the shared pool)."""
+    return get_pool().capabilities()
+
+
+@atexit.register
+def _close_all() -> None:
+    for pool in list(_pools):
+        pool.close()
+
