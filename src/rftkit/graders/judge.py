@@ -165,7 +165,7 @@ class _ChatJudge:
         try:
             reply = call_with_retries(lambda: self._post(body), self.policy, self.breaker)
         except Retryable as exc:
-            raise _Failed(f"{SERVER_ERROR}: {exc} (after retries)") from None
+            raise _Failed(f"{SERVER_ERROR}: {exc} (last of up to {self.policy.max_attempts} attempts)") from None
         except CircuitOpen as exc:
             raise _Failed(f"{SERVER_ERROR}: {self.url}: {exc}") from None
         try:
