@@ -293,7 +293,7 @@ def test_timeouts_end_within_the_deadline(serve):
     start = time.monotonic()
     score = g.grade(item(0), "ANSWER: 42")
     elapsed = time.monotonic() - start
-    assert score.reward is None and score.error.startswith(f"{UNRESPONSIVE}: no answer within 0.3s")
+    assert score.reward is None and score.error.startswith(f"{UNRESPONSIVE}: no answer ")  # within 0.3s (timeout_s)
     assert script.requests == 3 and elapsed < g.deadline_s
 
 
@@ -302,7 +302,7 @@ def test_an_explicit_deadline_cuts_the_attempt_short(serve):
     start = time.monotonic()
     score = g.grade(item(0), "x")
     assert time.monotonic() - start < 0.6
-    assert score.reward is None and score.error.startswith(UNRESPONSIVE)
+    assert score.reward is None and score.error.startswith(f"{UNRESPONSIVE}: no answer before the deadline (0.6s")
 
 
 def test_connection_refused_is_unresponsive(serve):

@@ -261,9 +261,10 @@ class HttpGrader:
 
     def _post(self, body: bytes, end: float) -> bytes:
         """One attempt: the 2xx response body, or `_AttemptFailed` / `_Refused` / `CircuitOpen`."""
-        attempt_end = min(end, time.monotonic() + self.timeout_s)
-        if not self._slots.acquire(timeout=max(0.0, attempt_end - time.monotonic())):
+        # waiting for a slot counts against the deadline but not against this attempt's timeout_s
+        if not self._slots.acquire(timeout=max(0.0, end - time.monotonic())):
             raise _Refused(UNRESPONSIVE, f"no free connection slot (concurrency {self.concurrency}) before the deadline")
+        attempt_end = min(end, time.monotonic() + self.timeout_s)
         trial = self.breaker.state == "half_open"
         try:
             if trial and not self._trial.acquire(blocking=False):
@@ -284,6 +285,7 @@ class HttpGrader:
 
     def _exchange(self, body: bytes, attempt_end: float) -> tuple[int, str, bytes]:
         """Status, reason and body of one POST; a kept-alive connection the server dropped is redialled once."""
+        started = time.monotonic()
         conn, reused = self._pool.get()
         try:
             try:
@@ -296,7 +298,9 @@ class HttpGrader:
                 return self._roundtrip(conn, body, attempt_end)
         except (TimeoutError, socket.timeout):
             conn.close()
-            raise _AttemptFailed(UNRESPONSIVE, f"no answer within {self.timeout_s:g}s (timeout_s) from {self.url}") from None
+            clipped = attempt_end - started < self.timeout_s - 1e-3
+            limit = f"before the deadline ({self.deadline_s:g}s, deadline_s)" if clipped else f"within {self.timeout_s:g}s (timeout_s)"
+            raise _AttemptFailed(UNRESPONSIVE, f"no answer {limit} from {self.url}") from None
         except ConnectionRefusedError:
             conn.close()
             raise _AttemptFailed(UNRESPONSIVE, f"connection refused by {self.url}") from None
