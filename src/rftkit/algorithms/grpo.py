@@ -71,7 +71,8 @@ def rloo(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 def batch_normalized(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Centre within each group, then divide by the std of those centred values over the whole batch
-    (as in REINFORCE++): one scale for every group, so low-variance groups are not blown up."""
+    (as in REINFORCE++): one scale for every group, so low-variance groups are not blown up.
+    Not TRL's scale_rewards="batch", which divides by the std of the raw rewards instead."""
     centred = group_mean(rewards)
     valid = ~torch.isnan(rewards)
     values = centred[valid]
