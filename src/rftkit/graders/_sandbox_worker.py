@@ -33,7 +33,6 @@ import signal
 import stat
 import sys
 import time
-import traceback
 
 # Common modules preloaded so that a forked call does not pay for importing them.
 import collections  # noqa: F401
@@ -46,7 +45,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 
 # Landlock (include/uapi/linux/landlock.h); syscalls 444-446 on every architecture.
@@ -88,13 +87,18 @@ def _check(ret, what):
 class Plan:
     """What the worker found it can do; decided once, applied to every call."""
 
-    def __init__(self, base_dir, uid, disk_mb):
+    def __init__(self, base_dir, uid, disk_mb, disabled=()):
         self.base_dir, self.disk_mb, self.worker_pid = base_dir, disk_mb, os.getpid()
+        self.disabled = set(disabled)  # layers switched off on purpose (tests of the fallbacks)
         self.root = os.geteuid() == 0
         self.uid = uid if self.root else os.getuid()
         self.gid = uid if self.root else os.getgid()
         self.caps = {"root": self.root}
         self.read_dirs = _import_dirs(base_dir)
+        try:
+            self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        except (OSError, ValueError):
+            self.cap_last = 63
         self._namespaces()
         self._landlock()
         self.caps["rlimits"] = True
@@ -104,14 +108,14 @@ class Plan:
     def _namespaces(self):
         caps = self.caps
         caps["user_namespace"] = False
-        if not self.root:  # an unprivileged user may still own a user namespace (and so the others)
+        if not self.root and "namespaces" not in self.disabled:  # an unprivileged user may still own a user namespace (and so the others)
             uid, gid = os.getuid(), os.getgid()
             if _libc.unshare(CLONE_NEWUSER) == 0:
                 caps["user_namespace"] = True
                 _write("/proc/self/setgroups", "deny")
                 _write("/proc/self/uid_map", f"0 {uid} 1")
                 _write("/proc/self/gid_map", f"0 {gid} 1")
-        privileged = self.root or caps["user_namespace"]
+        privileged = (self.root or caps["user_namespace"]) and "namespaces" not in self.disabled
         caps["net_namespace"] = privileged and _libc.unshare(CLONE_NEWNET) == 0
         caps["pid_namespace"] = False
         if privileged:
@@ -139,7 +143,7 @@ class Plan:
         _check(_libc.mount(b"tmpfs", self.base_dir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
                            f"mode=0711,size={self.disk_mb}m".encode()), "mount tmpfs on the temp dir")
         self.caps["private_tmpfs"] = True
-        if self.root:
+        if self.root and "uid_drop" not in self.disabled:
             self._open_closed_ancestors()
             self.caps["uid_drop"] = True
 
@@ -164,7 +168,7 @@ class Plan:
 
     def _landlock(self):
         abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-        self.abi = max(int(abi), 0)
+        self.abi = max(int(abi), 0) if "landlock" not in self.disabled else 0
         self.caps.update(landlock_abi=self.abi, landlock_fs=self.abi >= 1, landlock_net=self.abi >= 4,
                          landlock_scope=self.abi >= 6)
 
@@ -268,10 +272,25 @@ def _confine(plan, req, fds, work):
         os.setuid(plan.uid)
         if os.getuid() != plan.uid or os.geteuid() != plan.uid:
             raise OSError("uid drop did not take")
+    elif plan.root or plan.caps["user_namespace"]:
+        _drop_capabilities(plan.cap_last)  # still uid 0 (of the host or of our user namespace): at least no privileges
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")  # cleared by setuid
     # Memory last: the set-up above allocates.
     resource.setrlimit(resource.RLIMIT_AS, (req["memory_mb"] << 20,) * 2)
     sys.dont_write_bytecode = True
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+def _drop_capabilities(plan_cap_last):
+    """Empty the bounding, effective, permitted and inheritable sets (no_new_privs keeps exec from refilling them)."""
+    for cap in range(plan_cap_last + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (ctypes.c_uint32 * 6)()
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 def fcntl_dup(fd):
@@ -292,10 +311,12 @@ def _exc_info(exc, filenames):
         message = str(exc)
     except BaseException:  # noqa: BLE001
         message = "<unprintable>"
-    where = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename in filenames:
-            where = f"line {frame.lineno}, in {frame.name}"
+    where, tb = None, exc.__traceback__
+    while tb is not None:  # by hand: extract_tb would format every frame of a 10**6-deep recursion
+        code = tb.tb_frame.f_code
+        if code.co_filename in filenames:
+            where = f"line {tb.tb_lineno}, in {code.co_name}"
+        tb = tb.tb_next
     if isinstance(exc, SyntaxError) and exc.filename in filenames:
         where = f"line {exc.lineno}"
     out = {"error_type": type(exc).__name__, "message": message[:500], "where": where}
@@ -310,7 +331,8 @@ def _run_python_grade(req):
         exec(compile(req["source"], "<grader>", "exec"), ns)
         value = ns["grade"](req["sample"], req["item"])
     except SystemExit as exc:
-        return {"ok": False, "phase": "exit", "error_type": "SystemExit", "message": _short(exc.code)}
+        return {"ok": False, "phase": "exit", "error_type": "SystemExit",
+                "message": f"called exit({_short(exc.code)}) instead of returning"}
     except BaseException as exc:  # noqa: BLE001
         return {"ok": False, "phase": "grade", **_exc_info(exc, ("<grader>",))}
     if isinstance(value, numbers.Real):
@@ -362,11 +384,11 @@ def _run_script(req):
 HARNESSES = {"python_grade": _run_python_grade, "check": _run_check, "script": _run_script}
 
 
-def _code_main(plan, req, fds, work):
+def _code_main(plan, req, fds, work, nonce):
     try:
         _confine(plan, req, fds, work)
     except BaseException as exc:  # noqa: BLE001 - refuse to run unconfined
-        _emit({"ok": False, "phase": "sandbox", "message": f"sandbox set-up failed: {exc}"})
+        _emit({"ok": False, "phase": "sandbox", "message": f"sandbox set-up failed: {exc}"}, nonce)
         os._exit(71)
     result = HARNESSES[req["kind"]](req)
     for stream in (sys.stdout, sys.stderr):
@@ -375,15 +397,17 @@ def _code_main(plan, req, fds, work):
         except BaseException as exc:  # noqa: BLE001 - e.g. EFBIG past the output limit
             if result.get("ok"):
                 result = {"ok": False, "phase": "flush", **_exc_info(exc, ())}
-    _emit(result)
+    _emit(result, nonce)
     os._exit(0)
 
 
-def _emit(result):
+def _emit(result, nonce):
+    """Write the result to fd 3 with this run's nonce (a bare forged `{"ok": true}` is rejected)."""
     try:
-        data = json.dumps(result).encode()
+        data = json.dumps({**result, "nonce": nonce}).encode()
     except BaseException:  # noqa: BLE001
-        data = b'{"ok": false, "phase": "result", "message": "result not serialisable"}'
+        data = json.dumps({"ok": False, "phase": "result", "message": "result not serialisable",
+                           "nonce": nonce}).encode()
     try:
         os.lseek(3, 0, os.SEEK_SET)
         while data:
@@ -450,7 +474,7 @@ def _kill_descendants():
             return
 
 
-def _init_main(plan, req, fds, status_fd, work, budget):
+def _init_main(plan, req, fds, status_fd, work, budget, nonce):
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the worker, and the namespace with it
     if plan.caps["subreaper"]:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -458,7 +482,7 @@ def _init_main(plan, req, fds, status_fd, work, budget):
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _code_main(plan, req, fds, work)
+        _code_main(plan, req, fds, work, nonce)
     for fd in fds:
         os.close(fd)
     status, usage = _wait(pid, budget)
@@ -524,13 +548,14 @@ def _one_run(plan, req, run, call_dir, index, budget, host_fd):
     fds = [os.open(paths["stdin"], os.O_RDONLY | os.O_CLOEXEC)]
     fds += [os.open(paths[name], flags, 0o600) for name in ("stdout", "stderr", "result")]
     status_fd = os.open(paths["status"], flags, 0o600)
+    nonce = os.urandom(16).hex()
     if plan.caps["pid_namespace"] and not plan._new_pidns():
         raise OSError("could not create a PID namespace")
     init = os.fork()
     if init == 0:
         try:
             _close_all_but(fds + [status_fd])  # INIT keeps none of the worker's protocol pipes
-            _init_main(plan, req, fds, status_fd, work, budget)
+            _init_main(plan, req, fds, status_fd, work, budget, nonce)
         finally:
             os._exit(70)
     for fd in fds + [status_fd]:
@@ -561,6 +586,8 @@ def _one_run(plan, req, run, call_dir, index, budget, host_fd):
         out["result"] = {"ok": False, "phase": "result", "message": "the result channel held no valid JSON"}
     if not isinstance(out["result"], (dict, type(None))):
         out["result"] = {"ok": False, "phase": "result", "message": "the result channel held no JSON object"}
+    elif out["result"] is not None and out["result"].pop("nonce", None) != nonce:
+        out["result"] = {"ok": False, "phase": "result", "message": "the result channel was tampered with"}
     stdout, out_size = _read_file(paths["stdout"], req.get("max_stdout", 0))
     err, err_size = _read_file(paths["stderr"], 1 << 16)
     out["stdout"] = stdout.decode("utf-8", "replace")
@@ -591,6 +618,7 @@ def _handle(plan, req, host_fd):
 
 def main():
     base_dir, uid, disk_mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    disabled = sys.argv[4].split(",") if len(sys.argv) > 4 and sys.argv[4] else ()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Protocol on private fds; 0-2 point at /dev/null so nothing can write into the protocol.
     host_in = fcntl_dup(0)
@@ -607,7 +635,7 @@ def main():
         writer.flush()
 
     try:
-        plan = Plan(base_dir, uid, disk_mb)
+        plan = Plan(base_dir, uid, disk_mb, disabled)
     except BaseException as exc:  # noqa: BLE001
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return

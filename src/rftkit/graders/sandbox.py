@@ -144,12 +144,12 @@ def _worker_env() -> dict[str, str]:
 class _Worker:
     """The host's handle on one worker process."""
 
-    def __init__(self, disk_mb: int) -> None:
+    def __init__(self, disk_mb: int, disable: tuple[str, ...] = ()) -> None:
         self.uid = UID_BASE + next(_uids) % UID_SLOTS
         self.base_dir = tempfile.mkdtemp(prefix="rftkit-sandbox-")
         os.chmod(self.base_dir, 0o711)  # the sandbox uid must traverse it to reach its own temp dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb)],
+            [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb), ",".join(disable)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=_worker_env(), cwd="/", close_fds=True, start_new_session=True)  # Ctrl-C is the host's
         self._buf = b""
@@ -211,9 +211,12 @@ class _Worker:
 class SandboxPool:
     """Pre-started sandbox workers; thread-safe. `run(...)` blocks until the call's result or its deadline."""
 
-    def __init__(self, workers: int | None = None, disk_mb: int = DISK_MB):
-        """disk_mb: size of each worker's private tmpfs holding its calls' temp dirs (root/user namespace only)."""
-        self.size, self.disk_mb = int(workers or default_workers()), int(disk_mb)
+    def __init__(self, workers: int | None = None, disk_mb: int = DISK_MB, _disable: tuple[str, ...] = ()):
+        """disk_mb: size of each worker's private tmpfs holding its calls' temp dirs (root/user namespace only).
+
+        `_disable` switches layers off ("namespaces", "landlock", "uid_drop") to test the fallbacks.
+        """
+        self.size, self.disk_mb, self._disable = int(workers or default_workers()), int(disk_mb), tuple(_disable)
         if self.size < 1:
             raise ValueError(f"workers must be >= 1 (got {workers})")
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -226,7 +229,7 @@ class SandboxPool:
         _pools.add(self)
 
     def _spawn(self) -> _Worker:
-        worker = _Worker(self.disk_mb)
+        worker = _Worker(self.disk_mb, self._disable)
         with self._lock:
             self._workers.add(worker)
         return worker
