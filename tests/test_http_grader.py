@@ -159,10 +159,8 @@ def test_batching_sends_ceil_n_over_batch_size_requests(serve):
 
 
 def test_executor_sends_batch_size_samples_per_call(serve):
-    executor_module = pytest.importorskip("rftkit.graders.executor")
-    GraderExecutor = getattr(executor_module, "GraderExecutor", None)
-    if GraderExecutor is None or not hasattr(GraderExecutor, "grade_calls"):
-        pytest.skip("this executor does not batch")
+    from rftkit.graders.executor import GraderExecutor
+
     script = Script()
     g = grader(serve, serve(script), batch_size=3, concurrency=2)
     executor = GraderExecutor(g, timeout_s=5.0)
