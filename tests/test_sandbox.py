@@ -50,7 +50,11 @@ HOSTILE: dict[str, tuple[str, str]] = {
                               r"PermissionError|OSError|TimeoutError"),
     "udp_send_localhost": ("socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'hi', ('127.0.0.1', PORT))",
                            r"OSError|PermissionError"),
-    "kill_parent": ("os.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(0.2)", r"PermissionError"),
+    # the parent (the worker) is outside the PID namespace: getppid() is 0, so this kills its own group
+    "kill_parent": ("os.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(0.2)", r"killed by SIGKILL|PermissionError"),
+    "kill_namespace_init": ("os.kill(1, signal.SIGKILL)\ntime.sleep(0.2)", r"PermissionError"),
+    "kill_workers": ("for pid in WORKER_PIDS:\n    os.kill(pid, signal.SIGKILL)\ntime.sleep(0.2)",
+                     r"ProcessLookupError|PermissionError"),
     "kill_host": ("os.kill(HOST_PID, signal.SIGKILL)\ntime.sleep(0.2)", r"ProcessLookupError|PermissionError"),
     "kill_bystander": ("os.kill(BYSTANDER_PID, signal.SIGKILL)\ntime.sleep(0.2)", r"ProcessLookupError|PermissionError"),
     "kill_everything": ("os.kill(-1, signal.SIGKILL)\ntime.sleep(0.2)\nassert False, 'still alive'",
@@ -163,7 +167,11 @@ def _temp_dirs_of(pool: sandbox.SandboxPool) -> dict[int, list[str]]:
     """What each worker's temp dir holds, seen from inside its mount namespace."""
     with pool._lock:
         workers = list(pool._workers)
-    return {w.proc.pid: os.listdir(f"/proc/{w.proc.pid}/root{w.base_dir}") for w in workers}
+    seen = {}
+    for w in workers:
+        root = Path(f"/proc/{w.proc.pid}/root{w.base_dir}")
+        seen[w.proc.pid] = {p.name: sorted(os.listdir(p)) if p.is_dir() else None for p in root.iterdir()}
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +188,7 @@ def battery(tmp_path_factory):
            "PORT": server.port, "HOST_PID": os.getpid(), "BYSTANDER_PID": bystander.pid}
     pool = sandbox.get_pool(WORKERS)
     workers_before = sorted(pool.worker_pids())
+    env["WORKER_PIDS"] = workers_before
     before = _sandbox_processes()
 
     code = build_grader({"type": "code", "timeout_s": TIMEOUT_S, "workers": WORKERS})
@@ -214,7 +223,7 @@ def battery(tmp_path_factory):
         "workers_after": sorted(pool.worker_pids()),
         "sandbox_processes_before": before,
         "sandbox_processes_after": _sandbox_processes(),
-        "worker_children": _children_of(pool.worker_pids()),
+        "worker_children": {pid: _children_of([pid]) for pid in pool.worker_pids()},
         "temp_dirs": _temp_dirs_of(pool),
     }
     yield scores, after
@@ -268,8 +277,10 @@ def test_host_and_bystanders_unharmed(battery):
 def test_nothing_left_running_or_on_disk(battery):
     _, after = battery
     assert after["sandbox_processes_after"] == after["sandbox_processes_before"] == []
-    assert after["worker_children"] == []
-    assert all(entries == [] for entries in after["temp_dirs"].values()), after["temp_dirs"]
+    # each worker has one child, the pid 1 of its PID namespace, and that one has none
+    assert all(len(children) == 1 for children in after["worker_children"].values()), after["worker_children"]
+    assert _children_of([c for children in after["worker_children"].values() for c in children]) == []
+    assert all(entries == {"io": []} for entries in after["temp_dirs"].values()), after["temp_dirs"]
 
 
 def test_battery_is_concurrent(battery):

@@ -102,6 +102,8 @@ class Plan:
         self._namespaces()
         self._landlock()
         self.caps["rlimits"] = True
+        self.io_dir = os.path.join(base_dir, "io")  # the worker's own files for a run; the sandbox never sees them
+        os.mkdir(self.io_dir, 0o700)
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                     "PYTHONIOENCODING": "utf-8"}
 
@@ -117,21 +119,23 @@ class Plan:
                 _write("/proc/self/gid_map", f"0 {gid} 1")
         privileged = (self.root or caps["user_namespace"]) and "namespaces" not in self.disabled
         caps["net_namespace"] = privileged and _libc.unshare(CLONE_NEWNET) == 0
-        caps["pid_namespace"] = False
-        if privileged:
-            self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            caps["pid_namespace"] = self._new_pidns()
         caps["mount_namespace"] = caps["private_tmpfs"] = caps["uid_drop"] = False
         if privileged:
             try:
                 self._mounts()
             except OSError as exc:
                 caps["mount_error"] = str(exc)
-        caps["subreaper"] = not caps["pid_namespace"]
-
-    def _new_pidns(self):
-        """Point this worker's next fork at a fresh PID namespace (a child of the worker's own)."""
-        return _libc.setns(self.own_pidns, CLONE_NEWPID) == 0 and _libc.unshare(CLONE_NEWPID) == 0
+        self.namespace = None
+        if privileged:
+            try:
+                self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                self.namespace = Namespace(self)
+                self.namespace.ensure()
+            except OSError as exc:
+                self.namespace = None
+                caps["pid_namespace_error"] = str(exc)
+        caps["pid_namespace"] = self.namespace is not None
+        caps["subreaper"] = self.namespace is None and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
     def _mounts(self):
         """A private mount namespace: the calls' temp dirs on a size-limited tmpfs, and the Python
@@ -416,40 +420,77 @@ def _emit(result, nonce):
         pass
 
 
-# ---------------------------------------------------------------- INIT
+# ---------------------------------------------------------------- the namespace's INIT
 
 
-def _wait(pid, timeout, extra_fd=None):
-    """Wait for child `pid` up to `timeout` s: (wait status, rusage) or (None, None) on timeout.
+def _init_loop(cmd_fd, ack_fd):
+    """pid 1 of the worker's PID namespace: on each byte from the worker, kill every other process in
+    the namespace, reap them all, answer. Trusted (never runs user code); dies with the worker,
+    and then the kernel kills whatever is left in the namespace."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _close_all_but([cmd_fd, ack_fd])
+    while True:
+        if not os.read(cmd_fd, 1):  # EOF: the worker is gone
+            os._exit(0)
+        try:
+            os.kill(-1, signal.SIGKILL)  # from pid 1: every process of this namespace but itself
+        except ProcessLookupError:
+            pass
+        while True:  # orphans are re-parented to pid 1, so ECHILD means nobody is left
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        os.write(ack_fd, b"k")
 
-    Returns early with ('hup', None) when `extra_fd` becomes readable (the host went away).
-    """
-    end = time.monotonic() + timeout
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        while True:
-            left = end - time.monotonic()
-            if pidfd is not None:
-                poller = select.poll()
-                poller.register(pidfd, select.POLLIN)
-                if extra_fd is not None:
-                    poller.register(extra_fd, select.POLLIN | select.POLLHUP)
-                events = poller.poll(max(0, left) * 1000) if left > 0 else []
-                if any(fd == extra_fd for fd, _ in events):
-                    return "hup", None
-            else:
-                time.sleep(min(0.005, max(left, 0)))
-            got, status, usage = os.wait4(pid, os.WNOHANG)
-            if got == pid:
-                return status, usage
-            if left <= 0:
-                return None, None
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+
+class Namespace:
+    """The worker's PID namespace: a long-lived INIT, and the worker's forks landing inside it."""
+
+    def __init__(self, plan):
+        self.plan, self.init_pid = plan, None
+
+    def ensure(self):
+        """Make the next fork land in a live namespace (a fresh one if the last INIT died)."""
+        if self.init_pid is not None and os.waitpid(self.init_pid, os.WNOHANG)[0] == 0:
+            return
+        self.init_pid = None
+        plan = self.plan
+        _check(_libc.setns(plan.own_pidns, CLONE_NEWPID), "setns(pid)")
+        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        cmd_r, cmd_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _init_loop(cmd_r, ack_w)
+            finally:
+                os._exit(70)
+        os.close(cmd_r)
+        os.close(ack_w)
+        os.set_inheritable(cmd_w, False)
+        os.set_inheritable(ack_r, False)
+        self.init_pid, self.cmd, self.ack = pid, cmd_w, ack_r
+
+    def clean(self):
+        """Kill everything the last run left in the namespace; True when INIT confirmed it."""
+        try:
+            os.write(self.cmd, b"k")
+            ready, _, _ = select.select([self.ack], [], [], 10.0)
+            if ready and os.read(self.ack, 1) == b"k":
+                return True
+        except OSError:
+            pass
+        self.kill()  # INIT is stuck or gone: end the namespace (and all in it) with it
+        return False
+
+    def kill(self):
+        if self.init_pid is not None:
+            os.kill(self.init_pid, signal.SIGKILL)
+            os.waitpid(self.init_pid, 0)
+            os.close(self.cmd)
+            os.close(self.ack)
+            self.init_pid = None
 
 
 def _kill_descendants():
@@ -474,32 +515,35 @@ def _kill_descendants():
             return
 
 
-def _init_main(plan, req, fds, status_fd, work, budget, nonce):
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the worker, and the namespace with it
-    if plan.caps["subreaper"]:
-        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _code_main(plan, req, fds, work, nonce)
-    for fd in fds:
-        os.close(fd)
-    status, usage = _wait(pid, budget)
-    timed_out = status is None
-    if timed_out:
-        os.kill(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
-    wall = time.monotonic() - start
-    if plan.caps["subreaper"]:
-        _kill_descendants()
-    report = {"status": status, "timed_out": timed_out, "wall_s": wall,
-              "cpu_s": usage.ru_utime + usage.ru_stime if usage else None}
-    os.write(status_fd, json.dumps(report).encode())
-    os._exit(0)
-
-
 # ---------------------------------------------------------------- the worker's side of a call
+
+
+def _wait(pid, timeout, host_fd):
+    """Wait for child `pid` up to `timeout` s: (wait status, rusage), (None, None) on timeout,
+    or ("hup", None) as soon as `host_fd` turns readable (EOF: the host went away)."""
+    end = time.monotonic() + timeout
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            left = end - time.monotonic()
+            poller = select.poll()
+            poller.register(host_fd, select.POLLIN | select.POLLHUP)
+            if pidfd is not None:
+                poller.register(pidfd, select.POLLIN)
+            wait_ms = max(0.0, left) * 1000 if pidfd is not None else min(5.0, max(0.0, left) * 1000)
+            if any(fd == host_fd for fd, _ in poller.poll(wait_ms)):
+                return "hup", None
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got == pid:
+                return status, usage
+            if left <= 0:
+                return None, None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _close_all_but(keep):
@@ -536,49 +580,52 @@ class HostGone(Exception):
     pass
 
 
-def _one_run(plan, req, run, call_dir, index, budget, host_fd):
-    io_dir = os.path.join(call_dir, "io")
-    work = os.path.join(call_dir, f"work{index}")
+def _one_run(plan, req, run, io_dir, work, budget, host_fd):
+    """Fork CODE (into the namespace), wait for it up to `budget` s, clean up, and describe what happened."""
     os.mkdir(work, 0o700)
     os.chown(work, plan.uid, plan.gid)
-    paths = {name: os.path.join(io_dir, f"{name}{index}") for name in ("stdin", "stdout", "stderr", "result", "status")}
-    with open(paths["stdin"], "w", encoding="utf-8") as f:
-        f.write(run.get("stdin") or "")
+    paths = {name: os.path.join(io_dir, name) for name in ("stdin", "stdout", "stderr", "result")}
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    fds = [os.open(paths["stdin"], os.O_RDONLY | os.O_CLOEXEC)]
+    if run.get("stdin"):
+        with open(paths["stdin"], "w", encoding="utf-8") as f:
+            f.write(run["stdin"])
+        fds = [os.open(paths["stdin"], os.O_RDONLY | os.O_CLOEXEC)]
+    else:
+        fds = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
     fds += [os.open(paths[name], flags, 0o600) for name in ("stdout", "stderr", "result")]
-    status_fd = os.open(paths["status"], flags, 0o600)
     nonce = os.urandom(16).hex()
-    if plan.caps["pid_namespace"] and not plan._new_pidns():
-        raise OSError("could not create a PID namespace")
-    init = os.fork()
-    if init == 0:
+    if plan.namespace is not None:
+        plan.namespace.ensure()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
         try:
-            _close_all_but(fds + [status_fd])  # INIT keeps none of the worker's protocol pipes
-            _init_main(plan, req, fds, status_fd, work, budget, nonce)
+            _code_main(plan, req, fds, work, nonce)
         finally:
             os._exit(70)
-    for fd in fds + [status_fd]:
+    for fd in fds:
         os.close(fd)
-    status, _ = _wait(init, budget + 1.0, extra_fd=host_fd)
-    if status is None or status == "hup":
-        os.kill(init, signal.SIGKILL)  # kills the namespace
-        os.waitpid(init, 0)
-        if status == "hup":
-            raise HostGone()
-    report = {}
-    raw, _ = _read_file(paths["status"], 4096)
-    try:
-        report = json.loads(raw)
-    except ValueError:
-        report = {"status": None, "timed_out": True}
-    out = {"timed_out": bool(report.get("timed_out")), "wall_s": report.get("wall_s"), "cpu_s": report.get("cpu_s")}
-    wait_status = report.get("status")
-    if wait_status is not None:
-        if os.WIFSIGNALED(wait_status):
-            out["signal"] = signal.Signals(os.WTERMSIG(wait_status)).name
-        else:
-            out["exit_code"] = os.WEXITSTATUS(wait_status)
+    status, usage = _wait(pid, budget, host_fd)
+    timed_out = status is None or status == "hup"
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    if plan.namespace is not None:
+        plan.namespace.clean()
+    else:
+        _kill_descendants()
+    if status == "hup":
+        raise HostGone()
+    out = {"timed_out": timed_out, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            out["signal"] = signal.Signals(number).name
+        except ValueError:
+            out["signal"] = f"signal {number}"
+    else:
+        out["exit_code"] = os.WEXITSTATUS(status)
     raw, _ = _read_file(paths["result"], RESULT_CAP)
     try:
         out["result"] = json.loads(raw) if raw else None
@@ -594,26 +641,29 @@ def _one_run(plan, req, run, call_dir, index, budget, host_fd):
     out["stdout_bytes"] = out_size
     out["stderr_tail"] = err.decode("utf-8", "replace")[-STDERR_TAIL:]
     out["output_limit_hit"] = max(out_size, err_size) >= req["output_mb"] << 20
-    shutil.rmtree(work, ignore_errors=True)
+    for path in paths.values():  # up to output_mb each, on a tmpfs: do not keep them until the next call
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     return out
 
 
 def _handle(plan, req, host_fd):
-    call_dir = os.path.join(plan.base_dir, f"call{req['id']}")
-    os.mkdir(call_dir, 0o711)
-    os.mkdir(os.path.join(call_dir, "io"), 0o700)
-    try:
-        end = time.monotonic() + req["timeout_s"]
-        runs = []
-        for index, run in enumerate(req.get("runs") or [{}]):
-            budget = end - time.monotonic()
-            if budget <= 0:
-                runs.append({"skipped": True, "timed_out": True})
-                continue
-            runs.append(_one_run(plan, req, run, call_dir, index, budget, host_fd))
-        return {"id": req["id"], "runs": runs}
-    finally:
-        shutil.rmtree(call_dir, ignore_errors=True)
+    """One request: its runs one after the other, each in a fresh temp dir, within the call's time."""
+    end = time.monotonic() + req["timeout_s"]
+    runs = []
+    for index, run in enumerate(req.get("runs") or [{}]):
+        budget = end - time.monotonic()
+        if budget <= 0:
+            runs.append({"skipped": True, "timed_out": True})
+            continue
+        work = os.path.join(plan.base_dir, f"call{int(req['id'])}-{index}")
+        try:
+            runs.append(_one_run(plan, req, run, plan.io_dir, work, budget, host_fd))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"id": req["id"], "runs": runs}
 
 
 def main():
