@@ -233,3 +233,21 @@ def test_extract_code_prefers_the_last_python_block():
 def test_normalise_output():
     assert normalise_output("1 \n2\t\n\n\n") == normalise_output("1\n2") == "1\n2"
     assert normalise_output(" 1") != normalise_output("1")  # leading space matters
+
+
+# ---------------------------------------------------------------- through the executor
+
+
+def test_executor_uses_the_graders_lane_and_deadline():
+    """The sandbox's own kill (timeout_s) decides before the executor's deadline (timeout_s + 1)."""
+    from rftkit.graders.executor import GraderExecutor
+
+    source = ("def grade(sample, item):\n    import time\n    if sample['output_text'] == 'hang':\n"
+              "        time.sleep(60)\n    return len(sample['output_text'])\n")
+    grader = build_grader({"type": "python", "source": source, "timeout_s": 1})
+    executor = GraderExecutor(grader, timeout_s=30, workers=16)
+    calls = [(HUMANEVAL, text) for text in ("a", "hang", "abc", "hang", "ab")]
+    scores, stats = executor.grade_calls(calls)
+    assert [s.reward for s in scores] == [1.0, None, 3.0, None, 2.0]
+    assert scores[1].error == "unresponsive_reward_error: grade did not return within 1s (killed)"
+    assert stats.timeouts == 2 and stats.errors == 2

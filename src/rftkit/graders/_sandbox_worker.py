@@ -1,25 +1,27 @@
 """A sandbox worker process: runs untrusted Python, one call at a time, for `sandbox.SandboxPool`.
 
-Started by the host as `python -I _sandbox_worker.py BASE_DIR UID`; imports only the
-standard library (never rftkit, never torch), so it starts fast and a fork of it is small.
-Protocol: one JSON request per line on stdin, one JSON response per line on stdout; the
-first line it writes is `{"ready": true, "capabilities": {...}}`. EOF on stdin (the host
+Started by the host as `python -I _sandbox_worker.py BASE_DIR UID DISK_MB [DISABLED]`; imports
+only the standard library (never rftkit, never torch), so it starts fast and a fork of it is
+small. Protocol: one JSON request per line on stdin, one JSON response per line on stdout;
+the first line it writes is `{"ready": true, "capabilities": {...}}`. EOF on stdin (the host
 closed the pool or died) makes it clean up and exit, even in the middle of a call.
 
-Per run the worker forks twice:
+At start the worker enters its own network and mount namespaces (a down loopback only; a
+size-limited tmpfs on BASE_DIR for the calls' temp dirs) and starts INIT, pid 1 of a PID
+namespace that the worker's later forks land in. Per run:
 
-    worker ── INIT (pid 1 of a fresh PID namespace; trusted, runs no user code)
-                └── CODE (setsid, fds 0-3 = stdin/stdout/stderr/result files, rlimits, cwd =
-                          fresh temp dir, no_new_privs, Landlock, uid dropped) -> user code
+    worker ── CODE (forked into the namespace: setsid, fds 0-3 = stdin/stdout/stderr/result
+       │            files, rlimits, cwd = fresh temp dir, no_new_privs, Landlock, uid dropped)
+       │            -> user code; killed by the worker at the deadline
+       └── INIT (pid 1; trusted, never runs user code): after each run, kill(-1, SIGKILL) and
+                 reap until nothing else is left in the namespace (daemons, fork bombs)
 
-INIT enforces the wall-clock deadline, reports CODE's wait status, and exits; the kernel
-then kills whatever CODE left in the namespace (daemons, fork bombs). The worker kills
-INIT itself if INIT overruns (backstop) and removes the call's temp dir. See the
-docstring of sandbox.py for what is and is not guaranteed.
+INIT dies with the worker (PDEATHSIG), and the kernel then kills everything in its namespace.
+Without namespaces the worker is a subreaper and kills whatever it finds parented to it.
+See the docstring of sandbox.py for what is and is not guaranteed.
 """
 
 import ctypes
-import errno  # noqa: F401
 import fcntl
 import json
 import math
@@ -110,7 +112,8 @@ class Plan:
     def _namespaces(self):
         caps = self.caps
         caps["user_namespace"] = False
-        if not self.root and "namespaces" not in self.disabled:  # an unprivileged user may still own a user namespace (and so the others)
+        # An unprivileged user may still own a user namespace, and through it the others.
+        if not self.root and "namespaces" not in self.disabled:
             uid, gid = os.getuid(), os.getgid()
             if _libc.unshare(CLONE_NEWUSER) == 0:
                 caps["user_namespace"] = True
@@ -379,7 +382,8 @@ def _run_script(req):
         exec(compile(req["code"], "<candidate>", "exec"), ns)
     except SystemExit as exc:
         if exc.code not in (None, 0):
-            return {"ok": False, "phase": "exit", "error_type": "SystemExit", "message": f"exit status {_short(exc.code)}"}
+            return {"ok": False, "phase": "exit", "error_type": "SystemExit",
+                    "message": f"exit status {_short(exc.code)}"}
     except BaseException as exc:  # noqa: BLE001
         return {"ok": False, "phase": "script", **_exc_info(exc, ("<candidate>",))}
     return {"ok": True}

@@ -83,7 +83,8 @@ class CodeGrader:
                 raise ValueError(f"{option}: must be a positive integer (got {value!r})")
         self.name, self.mode, self.entry_point, self.extract = name, mode, entry_point, extract
         self.test_field, self.entry_point_field, self.tests_field = test_field, entry_point_field, tests_field
-        self.timeout_s, self.memory_mb, self.output_mb, self.max_procs = float(timeout_s), memory_mb, output_mb, max_procs
+        self.timeout_s, self.memory_mb = float(timeout_s), memory_mb
+        self.output_mb, self.max_procs = output_mb, max_procs
         self._workers = workers
 
     @property
@@ -177,7 +178,8 @@ class CodeGrader:
                 passed += 1
                 continue
             if first_failure is None:
-                why = self._reason(run) if not run.ok else f"wrong output {_preview(run.stdout)}, expected {_preview(test['output'])}"
+                why = (self._reason(run) if not run.ok else
+                       f"wrong output {_preview(run.stdout)}, expected {_preview(test['output'])}")
                 first_failure = f"test {index}: {why}"
         total = len(tests)
         breakdown = {"passed": float(passed), "total": float(total)}

@@ -1,7 +1,7 @@
 """`python`: OpenAI's Python grader, accepted verbatim; the user's `grade(sample, item)` runs in the sandbox.
 
     {"type": "python", "name": "exact", "image_tag": "2025-05-08",
-     "source": "def grade(sample, item) -> float:\\n    return float(sample['output_text'] == item['reference_answer'])"}
+     "source": "def grade(sample, item) -> float:\\n    return float(sample['output_text'] == item['id'])"}
 
 `sample` is `{"output_text": ..., "output_json": ...}` (output_json when the text parses as
 JSON), `item` is the data row as JSON. `grade` must return a finite number (a bool counts

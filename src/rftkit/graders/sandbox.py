@@ -8,28 +8,45 @@ call is a fork of it, so a call costs a few milliseconds instead of an interpret
 
 What every call gets, when the layer is available (`capabilities()` says which are):
 
-| protection | how | guarantee |
-|---|---|---|
-| wall-clock deadline | INIT (see below) SIGKILLs the code at `timeout_s`; the worker kills INIT 1 s later; the host kills the worker 5 s later | the call returns by then |
-| no leftover processes | the code runs as pid 2 of a fresh PID namespace whose pid 1 is our INIT; when INIT exits the kernel kills every process left in it (background jobs, `setsid` daemons, fork bombs) | nothing outlives the call |
-| no network | a network namespace per worker (only a down loopback) + Landlock denies TCP bind/connect (ABI >= 4) | no TCP/UDP to the host or beyond |
-| filesystem | Landlock: read-only access to the Python installation, `sys.path` and /usr, /lib*; read-write only to the call's fresh temp dir (its cwd, HOME and TMPDIR, deleted after the call) | cannot read or write files elsewhere (your repo, /tmp, /etc/passwd) |
-| signals, abstract sockets | Landlock scopes (ABI >= 6) + a different uid + the PID namespace | cannot signal the worker, the host or any other process |
-| unprivileged | as root: setuid to a per-worker uid (`UID_BASE + k`), no groups, no_new_privs | no root powers; RLIMIT_NPROC counts only this call |
-| resources | RLIMIT_AS (`memory_mb`), RLIMIT_CPU (`timeout_s`), RLIMIT_FSIZE (`output_mb`, per file; stdout/stderr go to files), RLIMIT_NPROC (`max_procs`), no core files | a memory/output/fork bomb fails inside the sandbox |
-| host memory | the worker reads at most `max_stdout` bytes of stdout, 64 KiB of stderr and 1 MiB of result | gigabytes of output never reach the host |
+- **Deadline**: the worker SIGKILLs the code at `timeout_s` (the whole call's budget); the
+  host kills a worker that has not answered `HOST_SLACK_S` later. The call returns by then.
+- **Nothing outlives the call**: the code runs in the worker's PID namespace, whose pid 1
+  (INIT, ours) kills and reaps every other process in it after each run (background jobs,
+  `setsid` daemons, fork bombs); if the worker dies, INIT dies with it and the kernel kills
+  the rest.
+- **No network**: a network namespace per worker (a down loopback only), and Landlock
+  denies TCP bind/connect (ABI >= 4).
+- **Files**: Landlock gives read-only access to the Python installation, `sys.path`, /usr
+  and /lib*, and read-write access only to the run's fresh temp dir (its cwd, HOME and
+  TMPDIR, deleted after the run); nothing else (your repo, /tmp, /etc/passwd, /proc).
+- **Signals**: Landlock scopes (ABI >= 6), another uid and the PID namespace: it cannot
+  signal the worker, the host or anything else; abstract Unix sockets are scoped too.
+- **Unprivileged**: as root, setuid to a per-worker uid (`UID_BASE + k`), no groups,
+  no_new_privs; so RLIMIT_NPROC counts this call's processes only.
+- **Resources**: RLIMIT_AS (`memory_mb`), RLIMIT_CPU (`timeout_s`), RLIMIT_FSIZE
+  (`output_mb` per file; stdout and stderr are files), RLIMIT_NPROC (`max_procs`), no core
+  files: memory, output and fork bombs fail inside the sandbox.
+- **Host memory**: the worker reads at most `max_stdout` bytes of stdout, 64 KiB of stderr
+  and 1 MiB of result, so gigabytes of output never reach the host.
 
-Not guaranteed: (1) disk use inside the temp dir is bounded per file (`output_mb`), not in
-total, so a program can write `timeout_s` worth of files before it is killed; (2) without
-root or an unprivileged user namespace there are no namespaces: the code runs in its own
-session under a subreaper INIT that kills every descendant it can find, but a process
-that escapes (e.g. one re-parented elsewhere) may survive, and there is no network
-isolation unless Landlock ABI >= 4 is there (TCP only); (3) without Landlock (kernel <
-5.13) the filesystem is protected only by the uid drop (root) or not at all (non-root);
-(4) pathname Unix sockets are not covered by Landlock ABI <= 7 (the uid drop keeps
-root-owned ones closed); (5) the test harness of the `code` grader runs in the same
-interpreter as the candidate (as in HumanEval), so a deliberately adversarial candidate
-can forge a pass; cheap hacks (`sys.exit(0)` before the tests, `os._exit`) are failures.
+Not guaranteed:
+- Memory is limited per process (RLIMIT_AS), not per call: `max_procs` processes may each
+  use `memory_mb` (no cgroup is used).
+- Without a mount namespace (no root, no user namespace) the temp dirs are on the host's
+  disk, bounded per file (`output_mb`) but not in total; with one, a `disk_mb` tmpfs per worker.
+- Without namespaces (no root and no unprivileged user namespaces) the worker is a
+  subreaper that kills whatever it finds parented to it after each run, but a worker killed
+  mid-call leaves its code running, and only Landlock (ABI >= 4, TCP only) cuts the network.
+- Without the uid drop (non-root, or root where the mount namespace fails) RLIMIT_NPROC is
+  the user's process count + `max_procs` (non-root) or not enforced (uid 0 is exempt), so a
+  fork bomb is bounded by the deadline; uid 0 that is kept loses every capability.
+- Without Landlock (kernel < 5.13) files are protected by the uid drop (root) or not at all.
+- Readable: the Python installation, every directory on the worker's `sys.path` (so an
+  editable checkout's `src/`, not the rest of the repo), /usr, /lib*. Pathname Unix sockets
+  are outside Landlock ABI <= 7 (the uid drop keeps root-owned ones closed).
+- The `code` grader's tests run in the candidate's own interpreter (as in HumanEval), so a
+  deliberately adversarial candidate can forge a pass; the cheap hacks (`sys.exit(0)` or
+  `os._exit(0)` before the tests, writing a fake result) are failures.
 
     >>> pool = get_pool()
     >>> call = pool.run("python_grade", {"source": "def grade(s, i): return 1", "sample": {}, "item": {}})
@@ -61,9 +78,8 @@ WORKER_PATH = Path(__file__).with_name("_sandbox_worker.py")
 UID_BASE = 64000  # worker k runs calls as uid/gid UID_BASE + k % UID_SLOTS (root only)
 UID_SLOTS = 1000
 START_TIMEOUT_S = 30.0  # a worker that has not said "ready" by then is replaced
-HOST_SLACK_S = 5.0
-DISK_MB = 256  # per worker: total size of the files its calls may write (when it can mount a tmpfs)  # past timeout_s the host stops waiting for a worker and replaces it
-TIMEOUT = "timeout"  # RunResult.kind of a run killed at its deadline
+HOST_SLACK_S = 5.0  # past timeout_s the host stops waiting for a worker and replaces it
+DISK_MB = 256  # per worker: total size of the files its calls may write (when it can mount a tmpfs)
 
 _uids = itertools.count()
 _pools: weakref.WeakSet = weakref.WeakSet()
@@ -224,6 +240,7 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.closed = False
+        self.owner_pid = os.getpid()  # a forked child (multiprocessing) must not talk to our workers
         for _ in range(self.size):
             self._idle.put(self._spawn())
         _pools.add(self)
@@ -261,6 +278,8 @@ class SandboxPool:
     def _acquire(self) -> _Worker:
         if self.closed:
             raise SandboxError("the sandbox pool is closed")
+        if self.owner_pid != os.getpid():
+            raise SandboxError("this sandbox pool belongs to the parent process; use get_pool() after fork")
         while True:
             worker = self._idle.get()
             if worker.proc.poll() is None:
@@ -313,6 +332,8 @@ class SandboxPool:
     def close(self) -> None:
         """Stop every worker (a call in flight ends as a SandboxError) and remove their temp dirs."""
         self.closed = True
+        if self.owner_pid != os.getpid():
+            return  # inherited through fork: the workers belong to the parent
         with self._lock:
             workers = list(self._workers)
             self._workers.clear()
@@ -335,7 +356,7 @@ def get_pool(workers: int | None = None) -> SandboxPool:
     """The process-wide pool, started on first use and grown to `workers` when asked for more."""
     global _shared
     with _shared_lock:
-        if _shared is None or _shared.closed:
+        if _shared is None or _shared.closed or _shared.owner_pid != os.getpid():
             _shared = SandboxPool(workers)
         elif workers and workers > _shared.size:
             _shared.grow(workers)
