@@ -714,6 +714,8 @@ def main():
             except BaseException as exc:  # noqa: BLE001 - report infrastructure trouble, keep serving
                 send({"id": req.get("id"), "error": f"{type(exc).__name__}: {exc}"})
     finally:
+        if plan.namespace is not None:
+            plan.namespace.kill()  # reap INIT ourselves rather than leave a zombie to the host's init
         shutil.rmtree(base_dir, ignore_errors=True)
 
 

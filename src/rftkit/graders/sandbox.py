@@ -123,7 +123,7 @@ class RunResult:
             return f"CPU time limit ({cpu_limit} s) exceeded"
         if self.signal == "SIGXFSZ" or (self.output_limit_hit and (res.get("errno") == 27 or not res)):
             return f"output file size limit ({output_mb} MB) exceeded"
-        if res.get("error_type") == "MemoryError":
+        if res.get("error_type") == "MemoryError" or res.get("errno") == 12:  # ENOMEM from mmap and friends
             return f"memory limit {memory_mb} MB exceeded (MemoryError)"
         if self.signal:
             return f"killed by {self.signal}"
