@@ -43,6 +43,29 @@ def test_engine_groups_and_sampling_logprobs_match_the_training_forward(toy):
         assert mask[row].sum().item() == len(c.token_ids)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_entropy_and_tempered_logprobs_match_the_training_forward(toy, temperature):
+    """The engine's entropy meter and its log-probs describe the distribution actually sampled."""
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:4]
+    torch.manual_seed(1)
+    engine = HFEngine(model, tok, batch_size=8, return_logprobs=True)
+    groups = engine.generate(items, 2, SamplingParams(temperature=temperature, max_new_tokens=10))
+    prompts = [g.prompt_ids for g in groups for _ in g.completions]
+    comps = [c for g in groups for c in g.completions]
+    ids, attention, mask = pack_prompt_completion(prompts, [c.token_ids for c in comps], tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits / temperature  # [B, T, V]
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    entropy = -(logp.exp() * logp).sum(-1)  # [B, T-1]
+    expected = (entropy * mask).sum() / mask.sum()
+    assert engine.mean_entropy == pytest.approx(expected.item(), rel=1e-4)
+    sampled = token_logprobs(logits, ids)
+    for row, c in enumerate(comps):
+        start = len(prompts[row]) - 1
+        assert_close(sampled[row, start : start + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4, rtol=0)
+
+
 def test_generation_is_reproducible_from_the_seed(toy):
     model, tok = toy
     items = load_items(EXAMPLES / "val.jsonl")[:2]
@@ -121,3 +144,16 @@ def test_sampling_ignores_the_models_own_sampling_settings(toy_model_dir):
     model.generation_config.top_k = 5
     model.generation_config.top_p = 0.5
     assert sample() == plain
+
+
+def test_sampling_warper_top_k_and_top_p_by_hand():
+    from rftkit.rollout.hf import SamplingWarper
+
+    scores = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    kept = lambda **kw: torch.isfinite(SamplingWarper([0], SamplingParams(**kw)).warp(scores)).tolist()  # noqa: E731
+    assert kept(top_k=2) == [[False, True, True]]
+    assert kept(top_p=0.5) == [[False, True, False]]  # 0.6 alone reaches 0.5
+    assert kept(top_p=0.7) == [[False, True, True]]  # 0.6 < 0.7: the next token (0.3) joins
+    assert kept(top_p=1.0, top_k=0) == [[True, True, True]]
+    halved = SamplingWarper([0], SamplingParams(temperature=0.5)).warp(scores)
+    assert_close(torch.softmax(halved, -1), torch.tensor([[0.01, 0.36, 0.09]]) / 0.46)  # p^(1/T), renormalised

@@ -4,7 +4,11 @@ With one update per batch (mu = 1) the "old" log-probs are the current ones deta
 no separate old-policy forward pass is made. Rows whose advantage is exactly 0 (every row
 of a group with no reward spread, and failed gradings) contribute exactly zero gradient
 when beta = 0, so they are not forwarded at all; their tokens still count in the
-normaliser, which keeps the update identical to processing every row.
+normaliser, which keeps the update identical to processing every row. The policy's
+entropy is measured while sampling (rollout/hf.py), so no second softmax runs here.
+
+Log-probs are those of the distribution sampled from: logits / temperature, as the
+sampler draws them (at temperature 1 the division is exact and changes nothing).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rftkit.algorithms.common import pack_prompt_completion, token_entropy, token_logprobs
+from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
 from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts, clipped_policy_loss
 from rftkit.types import Group
 
@@ -46,6 +50,7 @@ def grpo_update(
     reference_logprobs=None,
     aggregation: str = "token_mean",
     max_new_tokens: int = 0,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """Accumulate gradients of the step's GRPO loss into `policy` (no optimizer step).
 
@@ -60,12 +65,14 @@ def grpo_update(
     # order (and the floating-point sum) is the same on every run.
     active.sort(key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
     device = next(policy.parameters()).device
-    sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "entropy_tokens": 0.0, "rows": len(active)}
+    sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "rows": len(active)}
     for start in range(0, len(active), micro_batch_size):
         chunk = active[start : start + micro_batch_size]
         input_ids, attention, mask = pack_prompt_completion([r.prompt_ids for r in chunk], [r.completion_ids for r in chunk], pad_id)
         input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)  # [B, T], [B, T], [B, T-1]
         logits = policy(input_ids=input_ids, attention_mask=attention).logits  # [B, T, V]
+        if temperature != 1.0:
+            logits = logits / temperature
         logp = token_logprobs(logits, input_ids)  # [B, T-1]
         ref = None
         if beta > 0:
@@ -74,9 +81,6 @@ def grpo_update(
         advantages = torch.tensor([r.advantage for r in chunk], device=device, dtype=logp.dtype)  # [B]
         parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, aggregate, ref, beta)
         parts.loss.backward()
-        with torch.no_grad():
-            sums["entropy"] += (token_entropy(logits.detach()) * mask).sum().item()
-        sums["entropy_tokens"] += mask.sum().item()
         sums["pg_loss"] += parts.pg_loss.item()
         sums["kl"] += parts.kl.item()
         sums["clipped"] += parts.clipped.item()

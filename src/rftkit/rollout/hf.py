@@ -8,10 +8,60 @@ end-of-turn token, which is kept in `token_ids` so training teaches the model to
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from rftkit.models import prompt_ids, stop_token_ids
 from rftkit.rollout.base import SamplingParams
 from rftkit.types import Completion, Group, Item
+
+
+class SamplingWarper(LogitsProcessor):
+    """Temperature, top-k and top-p, applied by us, then the entropy of what is left.
+
+    `transformers` runs user processors *before* its own warpers, so a meter there would
+    see untempered logits. Doing the warping here (and passing generate temperature 1,
+    top-k 0, top-p 1) puts the distribution tokens are drawn from in one place: this
+    processor returns exactly the scores sampled from, and sums their entropy at every
+    generated token of unfinished rows (every row, not only the rows the update trains
+    on). It draws no random numbers, so seeded sampling is unchanged.
+    """
+
+    def __init__(self, stop_ids: list[int], sampling: SamplingParams):
+        self.stop_ids = torch.tensor(stop_ids)
+        self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
+        self.total, self.tokens = 0.0, 0
+        self._finished: torch.Tensor | None = None
+        self._prompt_width = 0
+
+    def new_batch(self) -> None:
+        self._finished = None
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            probs = torch.softmax(ordered, dim=-1)
+            ahead = probs.cumsum(-1) - probs  # mass of the more likely tokens: keep the smallest set reaching top_p
+            drop = torch.zeros_like(ahead, dtype=torch.bool).scatter(-1, order, ahead >= self.top_p)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._finished is None:  # first generated token of a batch
+            self._finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        else:
+            self._finished |= torch.isin(input_ids[:, -1], self.stop_ids.to(input_ids.device))
+        scores = self.warp(scores)
+        probs = torch.softmax(scores.float(), dim=-1)
+        entropy = -torch.special.xlogy(probs, probs).sum(-1)  # 0 * log 0 = 0 for cut tokens
+        alive = ~self._finished
+        self.total += float(entropy[alive].sum())
+        self.tokens += int(alive.sum())
+        return scores
 
 
 class HFEngine:
@@ -21,10 +71,18 @@ class HFEngine:
         self.return_logprobs = return_logprobs  # costs one [rows, vocab] tensor per generated token
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
+        self.warper: SamplingWarper | None = None  # the last generate()'s; its entropy is read by the trainer
+
+    @property
+    def mean_entropy(self) -> float:
+        """Mean per-token entropy of the sampling distribution over the last generate() call."""
+        w = self.warper
+        return w.total / w.tokens if w is not None and w.tokens else float("nan")
 
     @torch.no_grad()
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
         prompts = [prompt_ids(self.tokenizer, item.messages) for item in items]
+        self.warper = SamplingWarper(self.stop_ids, sampling)
         rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         completions: list[Completion] = []
         for start in range(0, len(rows), self.batch_size):
@@ -38,13 +96,17 @@ class HFEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B, P]
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
+        sample = sampling.temperature > 0
+        warper = self.warper if self.warper is not None and sample else SamplingWarper(self.stop_ids, SamplingParams(1.0))
+        warper.new_batch()
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
-            do_sample=sampling.temperature > 0,
-            temperature=sampling.temperature if sampling.temperature > 0 else None,
-            top_p=sampling.top_p if sampling.temperature > 0 else None,
-            top_k=sampling.top_k if sampling.temperature > 0 else None,
+            do_sample=sample,
+            # our SamplingWarper applies temperature, top-k and top-p; transformers' own warpers stay off
+            temperature=1.0 if sample else None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
             max_new_tokens=sampling.max_new_tokens,
             # A model's own generation_config may add e.g. repetition_penalty=1.05 (Qwen2.5-Instruct): sampling
             # would then differ from the distribution the loss assumes, and training would be off-policy.
@@ -53,6 +115,7 @@ class HFEngine:
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_logits=self.return_logprobs,
+            logits_processor=LogitsProcessorList([warper]),
         )
         self.model.train(was_training)
         new = out.sequences[:, width:].tolist()  # [B, N]

@@ -248,7 +248,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # Stage 3
         sums = grpo_update(self.model, groups, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
                            cfg.algorithm.epsilon, cfg.algorithm.beta, self._reference_logprobs,
-                           cfg.algorithm.loss_aggregation, cfg.rollout.max_new_tokens)
+                           cfg.algorithm.loss_aggregation, cfg.rollout.max_new_tokens, cfg.rollout.temperature)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -257,7 +257,7 @@ class Trainer:
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         return {
             **rollout_metrics(groups, grading),
-            "actor/entropy": sums["entropy"] / sums["entropy_tokens"] if sums["entropy_tokens"] else float("nan"),
+            "actor/entropy": self.engine.mean_entropy,  # of the sampling distribution, over every rollout token
             # with beta = 0 no reference is loaded: KL is not measured (null), not zero
             "actor/kl": sums["kl"] / max(sums["tokens"], 1.0) if cfg.algorithm.beta > 0 else float("nan"),
             "actor/pg_loss": sums["pg_loss"],
