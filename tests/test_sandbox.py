@@ -8,8 +8,10 @@ get their right rewards, nothing may be left running, and no temp dir may be lef
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -377,3 +379,66 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------- not root
+
+
+NON_ROOT_SCRIPT = r'''
+import json, os, sys, time
+from rftkit.graders import sandbox
+marker = sys.argv[1]
+body = ("def grade(sample, item):\n    import os, socket, subprocess, time\n"
+        "    subprocess.Popen(['sleep', '60', MARKER], start_new_session=True)\n"
+        "    try:\n        open(README).read()\n        return 1.0\n    except PermissionError:\n        pass\n"
+        "    try:\n        socket.create_connection(('127.0.0.1', 9), timeout=1)\n        return 2.0\n"
+        "    except OSError:\n        pass\n    return -os.getuid()\n")
+body = body.replace("MARKER", repr(marker)).replace("README", repr(sys.argv[2]))
+out = {}
+for label, disable in (("user_namespace", ()), ("no_namespaces", ("namespaces",))):
+    with sandbox.SandboxPool(1, _disable=disable) as pool:
+        caps = pool.capabilities()
+        run = pool.run("python_grade", {"source": body, "sample": {}, "item": {}}, timeout_s=3).runs[0]
+        out[label] = {"caps": caps, "result": run.result}
+print(json.dumps(out))
+'''
+
+
+def _as_nobody(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `script` as uid 65534 in a private mount namespace where the Python installation is reachable."""
+    prefix = Path(sys.base_prefix).resolve()
+    closed = next((p for p in reversed(prefix.parents) if p != Path("/") and not os.stat(p).st_mode & 0o001), None)
+    steps, keep = ["set -e"], None
+    if closed is not None:  # e.g. pyenv under /root (0700): show only the installation, as the sandbox does
+        keep = tempfile.mkdtemp(prefix="rftkit-keep-")
+        inner = prefix.relative_to(closed).parts[0]
+        steps += [f"mount --bind {closed / inner} {keep}", f"mount -t tmpfs -o mode=755 tmpfs {closed}",
+                  f"mkdir -p {closed / inner}", f"mount --bind {keep} {closed / inner}"]
+    steps.append('exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp '
+                 f'PYTHONPATH={REPO / "src"} {sys.executable} -c "$0" "$@"')
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(steps),
+                               script, *args], capture_output=True, text=True, timeout=60, cwd="/tmp")
+    finally:
+        if keep:
+            os.rmdir(keep)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"),
+                    reason="needs root to become an unprivileged user (setpriv, unshare)")
+def test_unprivileged_user_degrades_gracefully():
+    """As a plain user: namespaces through a user namespace if allowed, else a subreaper; Landlock either way."""
+    marker = f"rftkit-nonroot-{os.getpid()}"
+    done = _as_nobody(NON_ROOT_SCRIPT, marker, str(REPO / "README.md"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    time.sleep(0.2)
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).endswith(marker)] == []
+    for label, seen in out.items():
+        caps, result = seen["caps"], seen["result"]
+        assert not caps["root"] and not caps["uid_drop"], (label, caps)
+        assert result["ok"] and result["value"] <= 0, (label, result)  # 1.0: README was read; 2.0: port reached
+        assert caps["landlock_fs"] and caps["landlock_net"], (label, caps)
+    if out["user_namespace"]["caps"]["user_namespace"]:
+        assert out["user_namespace"]["caps"]["pid_namespace"] and out["user_namespace"]["caps"]["net_namespace"]
+    assert out["no_namespaces"]["caps"]["subreaper"] and not out["no_namespaces"]["caps"]["pid_namespace"]

@@ -102,6 +102,8 @@ class Plan:
         except (OSError, ValueError):
             self.cap_last = 63
         self._namespaces()
+        if not self.root:  # our own ids (0 inside a user namespace)
+            self.uid, self.gid = os.getuid(), os.getgid()
         self._landlock()
         self.caps["rlimits"] = True
         self.io_dir = os.path.join(base_dir, "io")  # the worker's own files for a run; the sandbox never sees them
@@ -152,7 +154,26 @@ class Plan:
         self.caps["private_tmpfs"] = True
         if self.root and "uid_drop" not in self.disabled:
             self._open_closed_ancestors()
-            self.caps["uid_drop"] = True
+            self.caps["uid_drop"] = self._uid_can_import()
+
+    def _uid_can_import(self):
+        """Whether the sandbox uid can read the installation (else calls keep uid 0, without capabilities)."""
+        probe = os.path.join(os.path.dirname(os.__file__), "json", "__init__.py")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(self.gid)
+                os.setuid(self.uid)
+                with open(probe, "rb"):
+                    pass
+                os._exit(0 if all(os.access(d, os.R_OK | os.X_OK) for d in self.read_dirs) else 1)
+            finally:
+                os._exit(1)
+        ok = os.waitpid(pid, 0)[1] == 0
+        if not ok:
+            self.caps["uid_drop_error"] = f"uid {self.uid} cannot read the Python installation"
+        return ok
 
     def _open_closed_ancestors(self):
         closed = {}
@@ -265,7 +286,8 @@ def _confine(plan, req, fds, work):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (req["output_mb"] << 20,) * 2)
-    procs = req["max_procs"] if plan.caps["uid_drop"] else _own_process_count(plan.uid) + req["max_procs"]
+    # The limit counts every process of the real uid: a dedicated uid has none, our own user may have many.
+    procs = req["max_procs"] if plan.caps["uid_drop"] else _own_process_count(os.getuid()) + req["max_procs"]
     resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
     os.chdir(work)
     os.environ.clear()
@@ -458,9 +480,13 @@ class Namespace:
         """Make the next fork land in a live namespace (a fresh one if the last INIT died)."""
         if self.init_pid is not None and os.waitpid(self.init_pid, os.WNOHANG)[0] == 0:
             return
-        self.init_pid = None
-        plan = self.plan
-        _check(_libc.setns(plan.own_pidns, CLONE_NEWPID), "setns(pid)")
+        if self.init_pid is not None:  # INIT died (it never exits by itself): back to our own namespace first
+            self.init_pid = None
+            os.close(self.cmd)
+            os.close(self.ack)
+            # needs CAP_SYS_ADMIN over the host's namespace: as root yes; in a user namespace this
+            # fails, the call reports it and the host replaces this worker
+            _check(_libc.setns(self.plan.own_pidns, CLONE_NEWPID), "setns(pid)")
         _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
         cmd_r, cmd_w = os.pipe()
         ack_r, ack_w = os.pipe()
@@ -587,7 +613,8 @@ class HostGone(Exception):
 def _one_run(plan, req, run, io_dir, work, budget, host_fd):
     """Fork CODE (into the namespace), wait for it up to `budget` s, clean up, and describe what happened."""
     os.mkdir(work, 0o700)
-    os.chown(work, plan.uid, plan.gid)
+    if plan.caps["uid_drop"]:
+        os.chown(work, plan.uid, plan.gid)
     paths = {name: os.path.join(io_dir, name) for name in ("stdin", "stdout", "stderr", "result")}
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if run.get("stdin"):
