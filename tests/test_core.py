@@ -157,3 +157,21 @@ def test_sampling_warper_top_k_and_top_p_by_hand():
     assert kept(top_p=1.0, top_k=0) == [[True, True, True]]
     halved = SamplingWarper([0], SamplingParams(temperature=0.5)).warp(scores)
     assert_close(torch.softmax(halved, -1), torch.tensor([[0.01, 0.36, 0.09]]) / 0.46)  # p^(1/T), renormalised
+
+
+def test_shared_prefill_gives_the_same_samples_as_a_full_prefill(toy, monkeypatch):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:5]
+    engine = HFEngine(model, tok, batch_size=64, return_logprobs=True)
+    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 3, *([torch.ones(6, 3, dtype=torch.long)] * 2)) is not None
+    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 2, *([torch.ones(5, 3, dtype=torch.long)] * 2)) is None
+    runs = []
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(HFEngine, "_shared_prefill", lambda self, *a: None)
+        torch.manual_seed(3)
+        groups = engine.generate(items, 4, SamplingParams(max_new_tokens=12))
+        runs.append([(c.token_ids, c.logprobs) for g in groups for c in g.completions])
+    assert [ids for ids, _ in runs[0]] == [ids for ids, _ in runs[1]]
+    for (_, shared), (_, full) in zip(*runs):
+        assert_close(torch.tensor(shared), torch.tensor(full), atol=1e-5, rtol=0)
