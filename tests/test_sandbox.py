@@ -442,3 +442,16 @@ def test_unprivileged_user_degrades_gracefully():
     if out["user_namespace"]["caps"]["user_namespace"]:
         assert out["user_namespace"]["caps"]["pid_namespace"] and out["user_namespace"]["caps"]["net_namespace"]
     assert out["no_namespaces"]["caps"]["subreaper"] and not out["no_namespaces"]["caps"]["pid_namespace"]
+
+
+def test_a_dead_namespace_init_is_replaced_by_the_worker():
+    with sandbox.SandboxPool(1) as pool:
+        pool.capabilities()
+        [worker] = pool.worker_pids()
+        [init] = _children_of([worker])
+        os.kill(init, signal.SIGKILL)
+        time.sleep(0.1)
+        call = pool.run("python_grade", {"source": "def grade(s, i):\n    import os\n    return os.getpid()",
+                                         "sample": {}, "item": {}})
+        assert call.runs[0].result == {"ok": True, "value": 2.0}  # pid 2 of a fresh namespace
+        assert pool.worker_pids() == [worker] and _children_of([worker]) != [init]

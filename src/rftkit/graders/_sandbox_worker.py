@@ -474,20 +474,21 @@ class Namespace:
     """The worker's PID namespace: a long-lived INIT, and the worker's forks landing inside it."""
 
     def __init__(self, plan):
-        self.plan, self.init_pid = plan, None
+        self.plan, self.init_pid, self.used = plan, None, False
 
     def ensure(self):
-        """Make the next fork land in a live namespace (a fresh one if the last INIT died)."""
-        if self.init_pid is not None and os.waitpid(self.init_pid, os.WNOHANG)[0] == 0:
-            return
-        if self.init_pid is not None:  # INIT died (it never exits by itself): back to our own namespace first
-            self.init_pid = None
-            os.close(self.cmd)
-            os.close(self.ack)
-            # needs CAP_SYS_ADMIN over the host's namespace: as root yes; in a user namespace this
-            # fails, the call reports it and the host replaces this worker
+        """Make the next fork land in a live namespace (a fresh one if INIT died or was killed)."""
+        if self.init_pid is not None:
+            if os.waitpid(self.init_pid, os.WNOHANG)[0] == 0:
+                return
+            self._forget()
+        if self.used:
+            # Our forks would land in the dead namespace: back to our own first. This needs
+            # CAP_SYS_ADMIN over the host's PID namespace: as root yes; in a user namespace it
+            # fails, the call reports it and the host replaces this worker.
             _check(_libc.setns(self.plan.own_pidns, CLONE_NEWPID), "setns(pid)")
         _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        self.used = True
         cmd_r, cmd_w = os.pipe()
         ack_r, ack_w = os.pipe()
         pid = os.fork()
@@ -518,9 +519,12 @@ class Namespace:
         if self.init_pid is not None:
             os.kill(self.init_pid, signal.SIGKILL)
             os.waitpid(self.init_pid, 0)
-            os.close(self.cmd)
-            os.close(self.ack)
-            self.init_pid = None
+            self._forget()
+
+    def _forget(self):
+        os.close(self.cmd)
+        os.close(self.ack)
+        self.init_pid = None
 
 
 def _kill_descendants():
