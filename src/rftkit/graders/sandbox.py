@@ -145,8 +145,9 @@ class CallResult:
 
 
 def default_workers() -> int:
-    """One worker per core, at least two (a call spends part of its time in fork/exit, not on a core)."""
-    return max(2, os.cpu_count() or 2)
+    """Two workers per core, 32 at most: a call spends much of its time waiting on fork, exit and
+    pipes, not on a core (measured on 2 cores: 4 workers grade ~1.5x the calls/s of 2)."""
+    return min(32, 2 * (os.cpu_count() or 1))
 
 
 def _worker_env() -> dict[str, str]:
