@@ -110,6 +110,8 @@ class Plan:
         os.mkdir(self.io_dir, 0o700)
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                     "PYTHONIOENCODING": "utf-8"}
+        # Threads count against RLIMIT_NPROC and their stacks against RLIMIT_AS: one BLAS/OpenMP thread.
+        self.env.update({name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 
     def _namespaces(self):
         caps = self.caps
