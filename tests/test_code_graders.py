@@ -251,3 +251,8 @@ def test_executor_uses_the_graders_lane_and_deadline():
     assert [s.reward for s in scores] == [1.0, None, 3.0, None, 2.0]
     assert scores[1].error == "unresponsive_reward_error: grade did not return within 1s (killed)"
     assert stats.timeouts == 2 and stats.errors == 2
+
+
+def test_python_grader_large_sample_crosses_the_pipe():
+    g = python("def grade(sample, item):\n    return len(sample['output_text']) / 1e6\n")
+    assert g.grade(HUMANEVAL, "x" * 3_000_000).reward == 3.0  # far larger than a pipe buffer

@@ -124,7 +124,7 @@ class RunResult:
         if self.signal == "SIGXFSZ" or (self.output_limit_hit and (res.get("errno") == 27 or not res)):
             return f"output file size limit ({output_mb} MB) exceeded"
         if res.get("error_type") == "MemoryError" or res.get("errno") == 12:  # ENOMEM from mmap and friends
-            return f"memory limit {memory_mb} MB exceeded (MemoryError)"
+            return f"memory limit {memory_mb} MB exceeded ({res['error_type']})"
         if self.signal:
             return f"killed by {self.signal}"
         if not res:
@@ -150,6 +150,13 @@ def default_workers() -> int:
     return min(32, 2 * (os.cpu_count() or 1))
 
 
+def _poll(fd: int, events: int, deadline: float) -> bool:
+    """Whether `fd` is ready (or hung up) before `deadline`; poll, not select: the host may hold > 1024 fds."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
 def _worker_env() -> dict[str, str]:
     """Workers never see the host's environment (API keys of judge graders live there)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -169,6 +176,7 @@ class _Worker:
             [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb), ",".join(disable)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=_worker_env(), cwd="/", close_fds=True, start_new_session=True)  # Ctrl-C is the host's
+        os.set_blocking(self.proc.stdin.fileno(), False)  # writes wait with a deadline (see call)
         self._buf = b""
         self.capabilities: dict[str, Any] | None = None
         self.calls = 0
@@ -182,22 +190,27 @@ class _Worker:
         return self.capabilities
 
     def call(self, request: dict[str, Any], wait_s: float) -> dict[str, Any]:
-        try:
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            raise SandboxError(f"sandbox worker is gone ({exc})") from None
+        deadline = time.monotonic() + wait_s
+        data = json.dumps(request).encode() + b"\n"
+        fd = self.proc.stdin.fileno()
+        while data:  # a large request to a wedged worker must not block us past the deadline
+            if not _poll(fd, select.POLLOUT, deadline):
+                raise SandboxError("sandbox worker did not take the request in time")
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise SandboxError(f"sandbox worker is gone ({exc})") from None
         self.calls += 1
-        return self._read(time.monotonic() + wait_s)
+        return self._read(deadline)
 
     def _read(self, deadline: float) -> dict[str, Any]:
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() >= deadline:
                 raise SandboxError("sandbox worker did not answer in time")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
+            if _poll(fd, select.POLLIN, deadline):
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     code = self.proc.poll()
