@@ -114,10 +114,11 @@ def install_global_timers(clock: Clock):
     """Module-level functions `_step` and `grpo_update` look up at call time. Returns an undo function."""
     saved = [(loop, "grpo_update"), (gu, "token_logprobs"), (gu, "token_entropy"), (gu, "clipped_policy_loss"),
              (gu, "pack_prompt_completion"), (torch.Tensor, "backward"), (torch.nn.utils, "clip_grad_norm_")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name in saved]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in saved if hasattr(owner, name)]  # older/newer code
     loop.grpo_update = clock.wrap("update", gu.grpo_update, phase="update")
     gu.token_logprobs = clock.wrap("update.logprobs", token_logprobs)
-    gu.token_entropy = clock.wrap("update.entropy", token_entropy)
+    if hasattr(gu, "token_entropy"):  # before the entropy moved into sampling (rollout/hf.py)
+        gu.token_entropy = clock.wrap("update.entropy", token_entropy)
     gu.clipped_policy_loss = clock.wrap("update.loss", clipped_policy_loss)
 
     def pack(*a, **k):
@@ -242,7 +243,7 @@ def _loss(logp, mask, adv, counts, epsilon):
     return clipped_policy_loss(logp, logp.detach(), adv, mask, epsilon, aggregate).loss
 
 
-def variant_rftkit(model, batches, counts, epsilon, entropy=True):
+def variant_rftkit(model, batches, counts, epsilon, entropy=hasattr(gu, "token_entropy")):
     for ids, att, mask, adv in batches:
         logits = model(input_ids=ids, attention_mask=att).logits  # [B, T, V]
         _loss(token_logprobs(logits, ids), mask, adv, counts, epsilon).backward()
