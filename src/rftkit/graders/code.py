@@ -39,7 +39,6 @@ from rftkit.types import Item, Score
 
 MODES = ("auto", "check", "io")
 EXTRACTORS = ("last_code_block", "whole_text")
-SLACK_S = 1.0
 INVALID_ITEM = "invalid_variable_error"
 RUNTIME_ERROR = "python_grader_runtime_error"
 FENCE_RE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -63,7 +62,7 @@ def normalise_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.rstrip().splitlines())
 
 
-class CodeGrader:
+class CodeGrader(sandbox.SandboxedGrader):
     needs_reference = False
 
     def __init__(self, name: str = "code", language: str = "python", mode: str = "auto",
@@ -87,13 +86,6 @@ class CodeGrader:
         self.output_mb, self.max_procs = output_mb, max_procs
         self._workers = workers
 
-    @property
-    def concurrency(self) -> int:
-        return self._workers or sandbox.default_workers()
-
-    @property
-    def deadline_s(self) -> float:
-        return self.timeout_s + SLACK_S
 
     def _mode(self, item: Item) -> str:
         if self.mode != "auto":

@@ -32,7 +32,6 @@ from rftkit.types import Item, Score
 
 RUNTIME_ERROR = "python_grader_runtime_error"
 TIMEOUT_ERROR = "unresponsive_reward_error"
-SLACK_S = 1.0  # the executor's deadline is this much later than the sandbox's own kill
 
 
 def check_source(source: Any, field: str = "source") -> None:
@@ -56,7 +55,7 @@ def check_source(source: Any, field: str = "source") -> None:
                          f"it has {positional} positional ({required} required)")
 
 
-class PythonGrader:
+class PythonGrader(sandbox.SandboxedGrader):
     needs_reference = False
 
     def __init__(self, source: str, name: str = "python", image_tag: str | None = None,
@@ -73,14 +72,6 @@ class PythonGrader:
         self.pass_threshold = pass_threshold  # OpenAI's evals read it; grading does not
         self._workers = workers
 
-    @property
-    def concurrency(self) -> int:
-        """The executor runs at most this many calls at once: one per sandbox worker."""
-        return self._workers or sandbox.default_workers()
-
-    @property
-    def deadline_s(self) -> float:
-        return self.timeout_s + SLACK_S
 
     def grade(self, item: Item, text: str) -> Score:
         payload = {"source": self.source, "sample": sample_of(text), "item": _jsonable(item_dict(item))}

@@ -150,6 +150,23 @@ def default_workers() -> int:
     return min(32, 2 * (os.cpu_count() or 1))
 
 
+class SandboxedGrader:
+    """What the executor reads from a grader that runs its calls here (python, code)."""
+
+    SLACK_S = 1.0  # the executor's deadline is this much later than the sandbox's own kill
+    timeout_s: float
+    _workers: int | None
+
+    @property
+    def concurrency(self) -> int:
+        """The executor runs at most this many calls at once: one per sandbox worker."""
+        return self._workers or default_workers()
+
+    @property
+    def deadline_s(self) -> float:
+        return self.timeout_s + self.SLACK_S
+
+
 def _poll(fd: int, events: int, deadline: float) -> bool:
     """Whether `fd` is ready (or hung up) before `deadline`; poll, not select: the host may hold > 1024 fds."""
     poller = select.poll()
