@@ -64,6 +64,7 @@ GRADER_TYPES: dict[str, str] = {
     "length_penalty": "format:LengthPenaltyGrader",
     "code": "code:CodeGrader",
     "reward_function": "reward_fn:RewardFunctionGrader",
+    "reward_model": "reward_model:RewardModelGrader",
     # Amazon Nova reward-Lambda protocol over HTTP
     "http": "http:HttpGrader",
 }
