@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rftkit.errors import ConfigError, UserError
 
@@ -60,17 +60,90 @@ class RolloutConfig(Section):
     batch_size: int = Field(256, gt=0, description="rows generated together (memory bound)")
 
 
+def _one_of(table: str, kind: str):
+    """A validator: the value must be a key of the named table (`module:NAME`), listed when it is not."""
+
+    def check(value: str) -> str:
+        import importlib
+
+        module, _, name = table.partition(":")
+        valid = getattr(importlib.import_module(module), name)
+        if value not in valid:
+            raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(valid))}")
+        return value
+
+    return check
+
+
+ALGORITHMS = ("grpo", "sft", "dpo", "reward_model", "rejection_sampling", "asft")  # rftkit.train.stages.STAGES
+
+
 class AlgorithmConfig(Section):
-    name: Literal["grpo"] = Field("grpo", description="training algorithm")
-    advantage: Literal["group_mean_std", "group_mean", "rloo", "batch_normalized"] = Field(
+    name: str = Field("grpo", description="training algorithm: " + ", ".join(ALGORITHMS))
+    advantage: str = Field(
         "group_mean_std", description="group_mean_std: (r - mean) / std (GRPO); group_mean: r - mean (Dr. GRPO); "
         "rloo: leave-one-out baseline; batch_normalized: group-centred, batch std"
     )
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = Field(
+    loss_aggregation: str = Field(
         "token_mean", description="token_mean (DAPO), sequence_mean (GRPO paper), constant: / (rows * max_new_tokens) (Dr. GRPO)"
     )
-    epsilon: float = Field(0.2, ge=0, description="clip range of the probability ratio")
+    epsilon: float = Field(0.2, ge=0, description="clip range of the probability ratio (the low side with epsilon_high)")
+    epsilon_high: float | None = Field(None, ge=0, description="upper clip range (DAPO clip-higher, e.g. 0.28); None = epsilon")
     beta: float = Field(0.0, ge=0, description="KL-to-reference coefficient; 0 loads no reference model")
+    kl_estimator: str = Field("k3", description="k1: logp - ref (unbiased), k3: exp(d) - d - 1 (>= 0, lower variance)")
+    kl_in: Literal["loss", "reward"] = Field("loss", description="loss: beta * KL added to the loss (GRPO paper); "
+                                             "reward: beta * summed KL subtracted from each reward before advantages (PPO-RLHF)")
+    updates_per_batch: int = Field(1, ge=1, description="mu: optimizer steps on each batch of rollouts; > 1 uses importance ratios")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal and sample more prompts to refill")
+    max_refill_rounds: int = Field(4, ge=0, description="dynamic sampling: extra generation rounds per step before training on fewer groups")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty: linear from 0 at max_new_tokens - buffer "
+                                 "to -overlong_penalty at max_new_tokens; 0 = off")
+    overlong_penalty: float = Field(1.0, ge=0, description="size of the overlong penalty at max_new_tokens")
+
+    check_name = field_validator("name")(_one_of("rftkit.train.stages:STAGES", "algorithm"))
+    check_advantage = field_validator("advantage")(_one_of("rftkit.algorithms.grpo:ADVANTAGES", "advantage estimator"))
+    check_aggregation = field_validator("loss_aggregation")(_one_of("rftkit.algorithms.grpo:AGGREGATIONS", "loss aggregation"))
+    check_kl = field_validator("kl_estimator")(_one_of("rftkit.algorithms.grpo:KL_ESTIMATORS", "KL estimator"))
+
+
+class SFTConfig(Section):
+    packing: bool = Field(True, description="pack several examples into each row (block-diagonal attention, no padding)")
+    pack_length: int = Field(512, gt=0, description="tokens per packed row")
+
+
+class DPOConfig(Section):
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (IPO: the paper's tau)")
+    loss: str = Field("sigmoid", description="sigmoid (DPO; cDPO with label_smoothing) or ipo")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: assumed probability that a label is flipped")
+
+    check_loss = field_validator("loss")(_one_of("rftkit.algorithms.dpo:LOSSES", "DPO loss"))
+
+    @model_validator(mode="after")
+    def _smoothing(self) -> DPOConfig:
+        if self.loss == "ipo" and self.label_smoothing:
+            raise ValueError("label_smoothing applies to the sigmoid loss only; set dpo.label_smoothing=0 for ipo")
+        return self
+
+
+class RewardModelConfig(Section):
+    margin: bool = Field(False, description="use each pair's `margin` field in the Bradley-Terry loss")
+
+
+class RejectionSamplingConfig(Section):
+    rounds: int = Field(3, gt=0, description="generate -> filter -> SFT rounds; train.steps are split evenly between them")
+    prompts_per_round: int = Field(512, gt=0, description="prompts sampled (rollout.num_generations each) at the start of a round")
+    threshold: float = Field(1.0, description="keep completions whose reward is >= this")
+    max_per_prompt: int = Field(1, gt=0, description="kept completions per prompt (distinct texts)")
+
+
+class ASFTConfig(Section):
+    baseline: str = Field("prompt_mean", description="prompt_mean: other answers to the same prompt; global_mean: the batch")
+    temperature: float = Field(1.0, gt=0, description="weight = exp(advantage / temperature)")
+    max_weight: float = Field(20.0, gt=0, description="clip of the weights")
+    normalization: str = Field("mean_one", description="mean_one: weights rescaled to mean 1 per batch; none")
+
+    check_baseline = field_validator("baseline")(_one_of("rftkit.algorithms.asft:BASELINES", "A-SFT baseline"))
+    check_norm = field_validator("normalization")(_one_of("rftkit.algorithms.asft:WEIGHT_NORMALIZATIONS", "A-SFT weight normalization"))
 
 
 class TrainConfig(Section):
@@ -100,6 +173,8 @@ class RunConfig(Section):
 
 
 class Config(Section):
+    init_from: str | None = Field(None, description="start from another run: RUN_DIR (its final model) or "
+                                  "RUN_DIR/checkpoints/step-N; relative to the current directory, like run.dir")
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     data: DataConfig = DataConfig()
@@ -107,13 +182,18 @@ class Config(Section):
     grading: GradingConfig = GradingConfig()
     rollout: RolloutConfig = RolloutConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    asft: ASFTConfig = ASFTConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
     def _batch_shape(self) -> Config:
         rows = self.train.prompts_per_step * self.rollout.num_generations
-        if rows % self.train.micro_batch_size and self.train.micro_batch_size < rows:
+        if self.algorithm.name == "grpo" and rows % self.train.micro_batch_size and self.train.micro_batch_size < rows:
             raise ValueError(
                 f"train.prompts_per_step * rollout.num_generations must be divisible by train.micro_batch_size "
                 f"(got {self.train.prompts_per_step} * {self.rollout.num_generations} = {rows} rows, micro_batch_size "

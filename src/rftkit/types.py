@@ -53,6 +53,7 @@ class Completion:
     finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
     score: Score | None = None
     advantage: float = 0.0
+    old_logp: Any = field(default=None, repr=False)  # [len(token_ids)] tensor during a mu > 1 or KL-penalty step
 
 
 @dataclass

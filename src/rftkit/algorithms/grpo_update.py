@@ -13,13 +13,14 @@ sampler draws them (at temperature 1 the division is exact and changes nothing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
-from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts, clipped_policy_loss
-from rftkit.types import Group
+from rftkit.algorithms.grpo import AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss
+from rftkit.types import Completion, Group
 
 
 @dataclass
@@ -27,17 +28,47 @@ class Row:
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
+    old_logp: torch.Tensor | None = None  # [len(completion_ids)], log-probs before this batch's first update (mu > 1)
 
 
 def rows_for_update(groups: list[Group]) -> tuple[list[Row], int]:
     """Rows that take part in the loss (graded, non-empty) and their completion-token count."""
     rows = [
-        Row(g.prompt_ids, c.token_ids, c.advantage)
+        Row(g.prompt_ids, c.token_ids, c.advantage, c.old_logp)
         for g in groups
         for c in g.completions
-        if c.score is not None and c.score.reward is not None and c.token_ids
+        if graded(c)
     ]
     return rows, sum(len(r.completion_ids) for r in rows)
+
+
+def graded(c: Completion) -> bool:
+    return c.score is not None and c.score.reward is not None and bool(c.token_ids)
+
+
+@torch.no_grad()
+def completion_logprobs(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    pairs: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+) -> list[torch.Tensor]:
+    """Per-token log-probs of each (prompt, completion) pair's completion: a [len(completion)] tensor each.
+
+    `logits_fn(input_ids, attention_mask) -> logits` is the policy or the reference. Used for
+    the old-policy log-probs of mu > 1 and the reference log-probs of a KL reward penalty.
+    """
+    out: list[torch.Tensor] = []
+    for start in range(0, len(pairs), micro_batch_size):
+        chunk = pairs[start : start + micro_batch_size]
+        input_ids, attention, mask = pack_prompt_completion([p for p, _ in chunk], [c for _, c in chunk], pad_id)
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        logits = logits_fn(input_ids, attention)
+        logp = token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids).cpu()  # [B, T-1]
+        out += [row[m.bool()] for row, m in zip(logp, mask)]
+    return out
 
 
 def grpo_update(
@@ -51,11 +82,15 @@ def grpo_update(
     aggregation: str = "token_mean",
     max_new_tokens: int = 0,
     temperature: float = 1.0,
+    epsilon_high: float | None = None,
+    kl_estimator: str = "k3",
 ) -> dict[str, float]:
     """Accumulate gradients of the step's GRPO loss into `policy` (no optimizer step).
 
-    `reference_logprobs(input_ids, attention_mask) -> [B, T-1]` is needed when beta > 0.
-    Returns sums for the step's metrics.
+    `reference_logprobs(input_ids, attention_mask) -> [B, T-1]` is needed when beta > 0
+    (beta here is the KL *loss* coefficient; a KL reward penalty is applied before advantages).
+    Rows carrying `old_logp` (mu > 1) get importance ratios against it; the others use their
+    current log-probs detached (ratio 1). Returns sums for the step's metrics.
     """
     rows, n_tokens = rows_for_update(groups)
     counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(max_new_tokens, 1))
@@ -70,7 +105,7 @@ def grpo_update(
         chunk = active[start : start + micro_batch_size]
         input_ids, attention, mask = pack_prompt_completion([r.prompt_ids for r in chunk], [r.completion_ids for r in chunk], pad_id)
         input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)  # [B, T], [B, T], [B, T-1]
-        logits = policy(input_ids=input_ids, attention_mask=attention).logits  # [B, T, V]
+        logits = policy(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, T, V]
         if temperature != 1.0:
             logits = logits / temperature
         logp = token_logprobs(logits, input_ids)  # [B, T-1]
@@ -79,7 +114,12 @@ def grpo_update(
             with torch.no_grad():
                 ref = reference_logprobs(input_ids, attention)
         advantages = torch.tensor([r.advantage for r in chunk], device=device, dtype=logp.dtype)  # [B]
-        parts = clipped_policy_loss(logp, logp.detach(), advantages, mask, epsilon, aggregate, ref, beta)
+        old = logp.detach()
+        if chunk[0].old_logp is not None:  # completion targets are contiguous per row, so row order = mask order
+            old = old.clone()
+            old[mask.bool()] = torch.cat([r.old_logp for r in chunk]).to(device, old.dtype)
+        parts = clipped_policy_loss(logp, old, advantages, mask, epsilon, aggregate, ref, beta,
+                                    epsilon_high=epsilon_high, kl_estimator=KL_ESTIMATORS[kl_estimator])
         parts.loss.backward()
         sums["pg_loss"] += parts.pg_loss.item()
         sums["kl"] += parts.kl.item()

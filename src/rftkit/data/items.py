@@ -67,7 +67,7 @@ def _metadata(row: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _message_faults(messages: Any) -> list[str]:
+def _message_faults(messages: Any, last_role: str = "user") -> list[str]:
     if not isinstance(messages, list) or not messages:
         return ["`messages` must be a non-empty list of {role, content} objects"]
     faults = []
@@ -85,8 +85,9 @@ def _message_faults(messages: Any) -> list[str]:
         elif not content.strip():
             faults.append(f"messages[{i}]: empty content")
     last = messages[-1]
-    if isinstance(last, dict) and isinstance(last.get("role"), str) and last["role"] != "user":
-        faults.append(f"last message is from {last['role']!r}; it must be the user's turn the model answers")
+    if isinstance(last, dict) and isinstance(last.get("role"), str) and last["role"] != last_role:
+        what = "the user's turn the model answers" if last_role == "user" else f"the {last_role}'s turn to train on"
+        faults.append(f"last message is from {last['role']!r}; it must be {what}")
     return faults
 
 
@@ -149,8 +150,13 @@ def _open_checked(path: Path) -> None:
         raise UserError(f"{path} is a directory; give the path of a .jsonl file")
 
 
-def validate_file(path: str | Path, require_reference: bool = False) -> ValidationReport:
-    """Check every line of a JSONL file; raises UserError only when the file cannot be read."""
+def validate_file(path: str | Path, require_reference: bool = False, check_row=None) -> ValidationReport:
+    """Check every line of a JSONL file; raises UserError only when the file cannot be read.
+
+    `check_row(row, line, seen) -> (value | None, faults)` reads other row kinds (data/rows.py);
+    the default reads Items.
+    """
+    check_row = check_row or (lambda row, line, seen: _check_row(row, line, seen, require_reference))
     path = Path(path)
     _open_checked(path)
     report = ValidationReport(path=path, n_lines=0, items=[], problems=[])
@@ -162,7 +168,7 @@ def validate_file(path: str | Path, require_reference: bool = False) -> Validati
                 if value is None and error is None:
                     continue
                 report.n_lines += 1
-                item, faults = (None, [error]) if error else _check_row(value, line, seen, require_reference)
+                item, faults = (None, [error]) if error else check_row(value, line, seen)
                 report.problems += [Problem(line, reason) for reason in faults]
                 if item is not None:
                     report.items.append(item)
@@ -187,10 +193,10 @@ def format_report(report: ValidationReport, max_problems: int | None = None) -> 
     return "\n".join(rows)
 
 
-def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool = False) -> list[Item]:
+def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool = False, check_row=None) -> list[Item]:
     """The file's items, or a UserError listing every bad line (the good ones with skip_bad=True)."""
     try:
-        report = validate_file(path, require_reference=require_reference)
+        report = validate_file(path, require_reference=require_reference, check_row=check_row)
     except UserError:
         raise
     except Exception as exc:  # a bug here must still reach the user as a message, not a traceback

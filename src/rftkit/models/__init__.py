@@ -71,10 +71,13 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     return model.to(device)
 
 
-def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str] | str):
+def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str] | str, task_type: str = "CAUSAL_LM",
+               modules_to_save: list[str] | None = None):
+    """Wrap `model` in a LoRA adapter; `modules_to_save` are trained in full (e.g. a reward model's new score head)."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task_type,
+                     modules_to_save=modules_to_save)
     return get_peft_model(model, cfg)
 
 

@@ -1,13 +1,13 @@
-"""The GRPO training loop: rollout -> grade -> advantages -> update, with the run's bookkeeping.
+"""The training loop every algorithm shares, with the run's bookkeeping.
 
 Read `train()` top to bottom: setup (config checks before any model is loaded), then one
-`_step()` per iteration, then the final model. Everything random draws from generators
+`_step()` per iteration (the algorithm's Stage: for GRPO rollout -> grade -> advantages ->
+update, see train/stages/), then the final model. Everything random draws from generators
 that checkpoints save, so a resumed run repeats an uninterrupted one exactly on CPU.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -22,22 +22,16 @@ import torch
 import yaml
 from rich.console import Console
 
-from rftkit.algorithms.grpo import ADVANTAGES
-from rftkit.algorithms.grpo_update import grpo_update
 from rftkit.config import Config
-from rftkit.data import load_items
 from rftkit.errors import Interrupted, UserError
-from rftkit.eval.passk import evaluate_groups
-from rftkit.graders import build_grader, check_grader_items
-from rftkit.graders.executor import GraderExecutor
-from rftkit.models import apply_lora, load_model, load_tokenizer
-from rftkit.rollout.base import SamplingParams
-from rftkit.rollout.hf import HFEngine
+from rftkit.models import apply_lora, load_tokenizer
 from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rftkit.train.progress import RunProgress
 from rftkit.train.health import HealthMonitor
+from rftkit.train.lineage import materialize, resolve_init, write_lineage
 from rftkit.train.sinks import make_sinks, read_jsonl, truncate_after
-from rftkit.types import Group, Item
+from rftkit.train.stages import stage_class
+from rftkit.types import Group
 
 
 class PromptSampler:
@@ -155,49 +149,51 @@ class _deferred_interrupt:
 
 
 class Trainer:
+    """The run machinery every algorithm shares; `algorithm.name` picks the Stage that steps (train/stages/)."""
+
     def __init__(self, cfg: Config, console: Console | None = None, quiet: bool = False):
         self.cfg, self.quiet = cfg, quiet
         self.console = console or Console(stderr=True)
         self.run_dir = Path(cfg.run.dir)
+        self.stage = stage_class(cfg.algorithm.name)(self)
+        self.reference = None
 
     # ---- setup -------------------------------------------------------------------------
     def _setup(self, resume: bool) -> int:
         cfg = self.cfg
-        grader = build_grader(cfg.grader, "grader")  # config errors surface before any model loads
-        self.items: list[Item] = load_items(cfg.data.train, grader.needs_reference, cfg.data.skip_bad_lines)
-        check_grader_items(grader, self.items, "grader", cfg.data.train)
-        self.val_items = load_items(cfg.data.val, grader.needs_reference, cfg.data.skip_bad_lines) if cfg.data.val else []
-        if cfg.run.eval_interval and not self.val_items:
-            raise UserError("run.eval_interval is set but data.val is not: name a validation file or set run.eval_interval=0")
+        self.stage.prepare()  # data and config errors surface before any model loads
+        start_from = resolve_init(cfg.init_from) if cfg.init_from else None
         self._prepare_run_dir(resume)
         self.console.rule("resolved config")  # also in quiet mode: logs should say what ran
         self.console.print(cfg.to_yaml(), highlight=False, markup=False)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
-        device = resolve_device(cfg.model.device)
-        self.tokenizer = load_tokenizer(cfg.model.path)
-        model = load_model(cfg.model.path, cfg.model.dtype, device)
-        self.reference = None
+        self.device = resolve_device(cfg.model.device)
+        model_path = cfg.model.path
+        if start_from is not None:
+            model_path = str(materialize(start_from, self.run_dir, self.console))
+        write_lineage(self.run_dir, cfg, start_from, model_path)
+        self.model_path = model_path
+        self.tokenizer = load_tokenizer(model_path)
+        model = self.stage.load_model(model_path, cfg.model.dtype, self.device)
         if cfg.lora.enabled:
-            model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-        elif cfg.algorithm.beta > 0:
-            self.reference = load_model(cfg.model.path, cfg.model.dtype, device).eval().requires_grad_(False)
+            model = apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
+                               **self.stage.lora_options)
+        elif self.stage.needs_reference_model:
+            self.reference = self.stage.load_model(model_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
         self.model = model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        self.engine = HFEngine(model, self.tokenizer, batch_size=cfg.rollout.batch_size)
-        self.executor = GraderExecutor(grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
-        self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
-        self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+        self.stage.build()
         start = 0
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
                 state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
-                self.sampler.restore(state["sampler"])
+                self.stage.restore(state["stage"])
                 start = state["step"]
                 self.console.print(f"resumed from {ckpt} (step {start})")
             else:
@@ -220,6 +216,7 @@ class Trainer:
             may_change = {"train.steps", "run.dir"}  # extending a run is fine; run.dir may be spelled differently
             changed = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
                        if isinstance(before.get(s), dict) and before[s].get(k) != now[s][k] and f"{s}.{k}" not in may_change]
+            changed += [s for s in now if not isinstance(now[s], dict) and before.get(s) != now[s]]
             if changed:
                 raise UserError(f"--resume {self.run_dir}: config differs from the run's in {changed}; "
                                 "only train.steps may change on resume (start a new run.dir otherwise)")
@@ -231,74 +228,46 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(resolved)
 
-    # ---- one step ----------------------------------------------------------------------
-    def _step(self, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        items = [self.items[i] for i in self.sampler.take(cfg.train.prompts_per_step)]
-        groups = self.engine.generate(items, cfg.rollout.num_generations, self.sampling)  # Stage 1
-        t_gen = time.perf_counter()
-        grading = self.executor.score(groups)  # Stage 2
-        t_grade = time.perf_counter()
-        rewards = torch.tensor([[float("nan") if r is None else r for r in g.rewards] for g in groups])  # [G, N]
-        advantages = ADVANTAGES[cfg.algorithm.advantage](rewards)  # [G, N]
-        for g, row in zip(groups, advantages.tolist()):
-            for c, a in zip(g.completions, row):
-                c.advantage = a
-        self.optimizer.zero_grad(set_to_none=True)  # Stage 3
-        sums = grpo_update(self.model, groups, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                           cfg.algorithm.epsilon, cfg.algorithm.beta, self._reference_logprobs,
-                           cfg.algorithm.loss_aggregation, cfg.rollout.max_new_tokens, cfg.rollout.temperature)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
+    # ---- what stages share -------------------------------------------------------------
+    def optimizer_step(self) -> float:
+        """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients; the norm."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        t_end = time.perf_counter()
-        self._groups = groups
-        n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-        return {
-            **rollout_metrics(groups, grading),
-            "actor/entropy": self.engine.mean_entropy,  # of the sampling distribution, over every rollout token
-            # with beta = 0 no reference is loaded: KL is not measured (null), not zero
-            "actor/kl": sums["kl"] / max(sums["tokens"], 1.0) if cfg.algorithm.beta > 0 else float("nan"),
-            "actor/pg_loss": sums["pg_loss"],
-            "actor/clipfrac": sums["clipped"] / max(sums["tokens"], 1.0),
-            "actor/grad_norm": float(grad_norm),
-            "actor/lr": self.scheduler.get_last_lr()[0],
-            "perf/time_per_step": t_end - t0,
-            "perf/time_generate": t_gen - t0,
-            "perf/time_grade": t_grade - t_gen,
-            "perf/time_update": t_end - t_grade,
-            "perf/tokens_per_s": n_tokens / max(t_gen - t0, 1e-9),
-        }
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def reference_logits(self, input_ids, attention):
+        """Logits of the frozen reference: a second copy, or with LoRA the base weights (adapter off)."""
+        if self.reference is not None:
+            return self.reference(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+        with self.model.disable_adapter():  # LoRA: the base weights are the reference, no second copy
+            return self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
 
     def _reference_logprobs(self, input_ids, attention):
         from rftkit.algorithms.common import token_logprobs
 
-        if self.reference is not None:
-            return token_logprobs(self.reference(input_ids=input_ids, attention_mask=attention).logits, input_ids)
-        with self.model.disable_adapter():  # LoRA: the base weights are the reference, no second copy
-            return token_logprobs(self.model(input_ids=input_ids, attention_mask=attention).logits, input_ids)
+        return token_logprobs(self.reference_logits(input_ids, attention), input_ids)
+
+    # ---- one step ----------------------------------------------------------------------
+    def _step(self, step: int) -> dict[str, float]:
+        return self.stage.step(step)
+
+    @property
+    def engine(self):
+        return self.stage.engine
+
+    @property
+    def _groups(self):
+        return self.stage.groups
 
     def validate(self) -> dict[str, float]:
-        groups = self.engine.generate(self.val_items, self.cfg.run.eval_samples, self.sampling)
-        self.executor.score(groups)
-        result = evaluate_groups(groups, k=self.cfg.run.eval_samples)
-        return {"val/reward_mean": result["reward_mean"], "val/pass@1": result["pass@1"]}
-
-    def _write_samples(self, step: int) -> None:
-        with open(self.run_dir / "samples.jsonl", "a") as f:
-            for g in self._groups[: self.cfg.run.samples_per_write]:
-                for c in g.completions:
-                    f.write(json.dumps({
-                        "step": step, "item_id": g.item.id, "prompt": g.item.messages[-1]["content"],
-                        "reference_answer": g.item.reference_answer, "completion": c.text,
-                        "reward": c.score.reward if c.score else None, "advantage": round(c.advantage, 4),
-                        "error": c.score.error if c.score else None, "finish_reason": c.finish_reason,
-                    }) + "\n")
+        return self.stage.validate()
 
     def _checkpoint(self, step: int) -> None:
         save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler,
-                        {"sampler": self.sampler.state()}, self.cfg.run.keep_checkpoints)
+                        {"stage": self.stage.state()}, self.cfg.run.keep_checkpoints)
 
     # ---- the run -----------------------------------------------------------------------
     def train(self, resume: bool = False) -> Path:
@@ -312,29 +281,29 @@ class Trainer:
                     metrics = self._step(step)
                     if cfg.run.eval_interval and (step % cfg.run.eval_interval == 0 or step == cfg.train.steps):
                         metrics.update(self.validate())
-                        last_val = metrics["val/pass@1"]
+                        last_val = metrics.get(self.stage.headline_val)
                     self.sink.log(step, metrics)
                     for warning in self.health.update({"step": step, **metrics}):
                         progress.warn(f"health warning [{warning.code}] at step {warning.step}: {warning.message}. "
                                       f"What to do: {warning.advice}")
                     if cfg.run.sample_interval and (step % cfg.run.sample_interval == 0 or step == 1):
-                        self._write_samples(step)
+                        self.stage.write_samples(step)
                     if (cfg.run.checkpoint_interval and step % cfg.run.checkpoint_interval == 0) or stop.requested:
                         self._checkpoint(step)
                         saved_step = step
-                    info = f"reward {metrics['critic/rewards/mean']:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")
+                    info = self.stage.summary(metrics) + (f" val {last_val:.3f}" if last_val is not None else "")
                     progress.update(step, info)
                     if stop.requested:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 progress.close()
                 self.sink.close()
-                self.executor.close()
+                self.stage.close()
                 raise Interrupted(f"interrupted; the last checkpoint is step {saved_step}; "
                                   f"continue with: rft train --resume {self.run_dir}") from None
         progress.close()
         self.sink.close()
-        self.executor.close()
+        self.stage.close()
         return self._save_final()
 
     def _save_final(self) -> Path:
