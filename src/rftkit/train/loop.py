@@ -310,7 +310,7 @@ class Trainer:
         final, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         model = self.model
-        if self.cfg.lora.enabled and self.cfg.lora.merge_final:
+        if self.cfg.lora.enabled and (self.cfg.lora.merge_final or self.stage.merge_lora_on_save):
             model = model.merge_and_unload()
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)

@@ -17,6 +17,7 @@ class Stage:
     headline_val = "val/pass@1"  # the validation metric the progress line shows
     needs_reference_model = False  # a frozen copy of the starting model is loaded (not with LoRA)
     lora_options: dict = {}  # extra apply_lora arguments (a reward model trains its new head in full)
+    merge_lora_on_save = False  # final/ holds the merged model even without lora.merge_final
     engine = None  # a generating stage's engine (the bench reads its stop ids)
     groups: list = []  # the last step's groups, for samples and the bench
 

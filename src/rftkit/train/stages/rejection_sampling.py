@@ -1,0 +1,88 @@
+"""Rejection sampling as a Stage: generate, keep what the grader passes, SFT on it; `rounds` times.
+
+Also called expert iteration or iterative RFT (Kakao's Kanana-2 tool calling used it with
+execution-verified answers). `train.steps` are split evenly between the rounds. A round
+starts by sampling `rollout.num_generations` completions for each of
+`rejection_sampling.prompts_per_round` prompts with the current model, grading them, and
+keeping up to `max_per_prompt` distinct completions per prompt whose reward is at least
+`threshold` and that ended on their own (a completion cut at max_new_tokens would teach
+the model not to stop). The round's steps are SFT steps on the kept set
+(`train.prompts_per_step` examples each). The kept set rides in checkpoints, so a resumed
+run continues its round exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+from rftkit.algorithms.sft import sft_pairs_loss
+from rftkit.train.stages.generating import GeneratingStage
+from rftkit.types import Group
+
+
+def kept_completions(groups: list[Group], threshold: float, max_per_prompt: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) of the completions to imitate: passed, finished, distinct, at most max_per_prompt per prompt."""
+    kept = []
+    for g in groups:
+        seen: set[str] = set()
+        for c in g.completions:
+            reward = c.score.reward if c.score else None
+            if reward is None or reward < threshold or c.finish_reason != "stop" or c.text in seen:
+                continue
+            seen.add(c.text)
+            kept.append((g.prompt_ids, c.token_ids))
+            if len(seen) == max_per_prompt:
+                break
+    return kept
+
+
+class RejectionSamplingStage(GeneratingStage):
+    def build(self) -> None:
+        super().build()
+        self.kept: list[tuple[list[int], list[int]]] = []
+        self.round, self.cursor = 0, 0
+
+    @property
+    def steps_per_round(self) -> int:
+        return math.ceil(self.cfg.train.steps / self.cfg.rejection_sampling.rounds)
+
+    def state(self) -> dict:
+        return {**super().state(), "round": self.round, "cursor": self.cursor, "kept": self.kept}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.round, self.cursor = state["round"], state["cursor"]
+        self.kept = [(list(p), list(c)) for p, c in state["kept"]]
+
+    def summary(self, metrics: dict[str, float]) -> str:
+        return f"round {self.round} kept {len(self.kept)} loss {metrics['train/loss']:.4f}"
+
+    def _new_round(self) -> dict[str, float]:
+        rs = self.cfg.rejection_sampling
+        t0 = time.perf_counter()
+        items = [self.items[i] for i in self.sampler.take(rs.prompts_per_round)]
+        groups = self.engine.generate(items, self.cfg.rollout.num_generations, self.sampling)
+        grading = self.executor.score(groups)
+        self.groups = groups
+        self.kept = kept_completions(groups, rs.threshold, rs.max_per_prompt)
+        self.round += 1
+        self.cursor = 0
+        rewards = [r for g in groups for r in g.rewards if r is not None]
+        solved = sum(any(r is not None and r >= rs.threshold for r in g.rewards) for g in groups)
+        return {"rs/round": self.round, "rs/kept": len(self.kept), "rs/prompts_solved": solved / len(groups),
+                "critic/rewards/mean": statistics.fmean(rewards) if rewards else float("nan"),
+                "grader/errors": grading.errors, "perf/time_generate": time.perf_counter() - t0}
+
+    def step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = self._new_round() if (step - 1) % self.steps_per_round == 0 else {}
+        if not self.kept:  # nothing passed this round: no update, the next round tries again
+            return {**metrics, "train/loss": float("nan"), "actor/lr": self.lr(), **self.perf(t0, 0)}
+        n = self.cfg.train.prompts_per_step
+        batch = [self.kept[(self.cursor + i) % len(self.kept)] for i in range(n)]
+        self.cursor = (self.cursor + n) % len(self.kept)
+        loss, tokens = sft_pairs_loss(self.model, batch, self.cfg.train.micro_batch_size, self.cfg.sft.packing, self.cfg.sft.pack_length)
+        return {**metrics, "train/loss": loss, "train/tokens": tokens, "actor/grad_norm": self.trainer.optimizer_step(),
+                "actor/lr": self.lr(), **self.perf(t0, tokens)}
