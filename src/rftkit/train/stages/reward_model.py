@@ -65,7 +65,7 @@ class RewardModelStage(OfflineStage):
             (loss * share).backward()
             loss_sum += float(loss.detach()) * share
             correct += int((chosen > rejected).sum())
-            gap += float((chosen - rejected).sum())
+            gap += float((chosen - rejected).detach().sum())
         tokens = sum(len(p["chosen"]) + len(p["rejected"]) for p in pairs)
         return {"train/loss": loss_sum, "train/accuracy": correct / len(pairs), "rewards/margin": gap / len(pairs),
                 "actor/grad_norm": self.trainer.optimizer_step(), "actor/lr": self.lr(), **self.perf(t0, tokens)}
