@@ -166,6 +166,7 @@ class RunConfig(Section):
     samples_per_write: int = Field(4, gt=0, description="groups written to samples.jsonl each time")
     eval_interval: int = Field(0, ge=0, description="steps between validations on data.val; 0 = never")
     eval_samples: int = Field(1, gt=0, description="completions per validation item")
+    eval_at_start: bool = Field(False, description="also validate the starting model, logged as step 0 (needs eval_interval)")
     tensorboard: bool = Field(False, description="also write TensorBoard event files to RUN_DIR/tensorboard")
     mlflow: bool = Field(False, description="also log to MLflow (default store: RUN_DIR/mlruns)")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow store; None = RUN_DIR/mlruns")

@@ -118,5 +118,5 @@ def sft_pairs_loss(model, pairs, micro_batch_size: int, packing: bool, pack_leng
         loss = -(token_logprobs(logits, input_ids) * target_weights).sum() / n_tokens
         if backward:
             loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total, n_tokens

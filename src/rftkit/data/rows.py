@@ -86,6 +86,8 @@ def _check_conversation(row: Any, line: int, seen: dict[str, int]):
         faults.append("no `messages` field")
     else:
         faults += _message_faults(messages, last_role="assistant")
+        if not faults and messages[0]["role"] == "assistant" and len(messages) == 1:
+            faults.append("the only message is the assistant's: there is no prompt to answer")
     return (None, faults) if faults else (Conversation(row_id, messages), [])
 
 

@@ -275,6 +275,10 @@ class Trainer:
         start = self._setup(resume)
         progress = RunProgress(cfg.train.steps, start, self.console, self.quiet)
         last_val, saved_step = None, start
+        if cfg.run.eval_at_start and cfg.run.eval_interval and start == 0:  # the starting model's numbers, as step 0
+            baseline = self.validate()
+            self.sink.log(0, baseline)
+            last_val = baseline.get(self.stage.headline_val)
         with _deferred_interrupt(self.console) as stop:
             try:
                 for step in range(start + 1, cfg.train.steps + 1):

@@ -43,17 +43,16 @@ class RejectionSamplingStage(GeneratingStage):
         super().build()
         self.kept: list[tuple[list[int], list[int]]] = []
         self.round, self.cursor = 0, 0
-
-    @property
-    def steps_per_round(self) -> int:
-        return math.ceil(self.cfg.train.steps / self.cfg.rejection_sampling.rounds)
+        # fixed at the run's start: extending train.steps on resume adds steps to the last round, not rounds
+        self.steps_per_round = math.ceil(self.cfg.train.steps / self.cfg.rejection_sampling.rounds)
 
     def state(self) -> dict:
-        return {**super().state(), "round": self.round, "cursor": self.cursor, "kept": self.kept}
+        return {**super().state(), "round": self.round, "cursor": self.cursor, "kept": self.kept,
+                "steps_per_round": self.steps_per_round}
 
     def restore(self, state: dict) -> None:
         super().restore(state)
-        self.round, self.cursor = state["round"], state["cursor"]
+        self.round, self.cursor, self.steps_per_round = state["round"], state["cursor"], state["steps_per_round"]
         self.kept = [(list(p), list(c)) for p, c in state["kept"]]
 
     def summary(self, metrics: dict[str, float]) -> str:
@@ -77,7 +76,8 @@ class RejectionSamplingStage(GeneratingStage):
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = self._new_round() if (step - 1) % self.steps_per_round == 0 else {}
+        rounds_due = (step - 1) % self.steps_per_round == 0 and self.round < self.cfg.rejection_sampling.rounds
+        metrics = self._new_round() if rounds_due else {}
         if not self.kept:  # nothing passed this round: no update, the next round tries again
             return {**metrics, "train/loss": float("nan"), "actor/lr": self.lr(), **self.perf(t0, 0)}
         n = self.cfg.train.prompts_per_step
