@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from rftkit.algorithms.common import token_logprobs
 from rftkit.algorithms.grpo import ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, overlong_penalty
 from rftkit.algorithms.grpo_update import completion_logprobs, grpo_update
 from rftkit.graders.executor import GradingStats
@@ -97,6 +98,13 @@ class GRPOStage(GeneratingStage):
         self._kl_sum, self._kl_tokens = sum(kl), sum(len(c.token_ids) for c in completions)
         return torch.tensor(kl).view(len(groups), -1)
 
+    def _reference_logprobs(self, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """[B, T-1] reference log-probs of logits / temperature, like the policy's in grpo_update: at
+        temperature != 1 untempered ones would make the KL term non-zero while policy == reference."""
+        logits = self.trainer.reference_logits(input_ids, attention)  # [B, T, V]
+        temperature = self.cfg.rollout.temperature
+        return token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids)
+
     def _store_old_logprobs(self, groups: list[Group]) -> None:
         """Log-probs of every completion under the policy as it sampled them, before any update of this batch."""
         cfg = self.cfg
@@ -130,7 +138,7 @@ class GRPOStage(GeneratingStage):
         loss_beta = algo.beta if algo.kl_in == "loss" else 0.0
         for _ in range(algo.updates_per_batch if groups else 0):  # Stage 3
             part = grpo_update(self.model, groups, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                               algo.epsilon, loss_beta, self.trainer._reference_logprobs, algo.loss_aggregation,
+                               algo.epsilon, loss_beta, self._reference_logprobs, algo.loss_aggregation,
                                cfg.rollout.max_new_tokens, cfg.rollout.temperature, algo.epsilon_high, algo.kl_estimator)
             for key in sums:
                 sums[key] += part[key]
@@ -145,8 +153,9 @@ class GRPOStage(GeneratingStage):
         metrics = {
             **rollout_metrics(every, grading),
             "actor/entropy": self.engine.mean_entropy,  # of the sampling distribution, over the last round's tokens
-            # with beta = 0 no reference is loaded: KL is not measured (null), not zero
-            "actor/kl": float("nan") if algo.beta == 0 else (
+            # with beta = 0 no reference is loaded, and a step that kept no group (dynamic sampling)
+            # compared nothing with it: KL is not measured (null), not zero
+            "actor/kl": float("nan") if algo.beta == 0 or not groups else (
                 self._kl_sum / max(self._kl_tokens, 1) if kl_reward else sums["kl"] / max(sums["tokens"], 1.0)),
             "actor/pg_loss": sums["pg_loss"] / passes,
             "actor/clipfrac": sums["clipped"] / max(sums["tokens"], 1.0),
