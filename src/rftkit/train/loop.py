@@ -245,11 +245,6 @@ class Trainer:
         with self.model.disable_adapter():  # LoRA: the base weights are the reference, no second copy
             return self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
 
-    def _reference_logprobs(self, input_ids, attention):
-        from rftkit.algorithms.common import token_logprobs
-
-        return token_logprobs(self.reference_logits(input_ids, attention), input_ids)
-
     # ---- one step ----------------------------------------------------------------------
     def _step(self, step: int) -> dict[str, float]:
         return self.stage.step(step)
