@@ -34,7 +34,13 @@ FILES = {
     ("sft", "val"): (200, 12),
     ("dpo", "train"): (2000, 21),
     ("dpo", "val"): (200, 22),
+    ("reward_model", "train"): (2000, 41),
+    ("reward_model", "val"): (400, 42),
 }
+# What a reward-model pair's rejected answer gets wrong, drawn uniformly. `slip` alone (the DPO
+# pairs) is not learnt by a last-token scalar head on the tiny model (docs/LOG.md); the other
+# kinds are the consistency and format faults a preference set also holds.
+RM_KINDS = ("slip", "answer_mismatch", "no_work", "no_answer_line")
 SLIPS = (-10, -2, -1, 1, 2, 10)
 
 
@@ -77,6 +83,29 @@ def dpo_row(p: Problem, idx: int, split: str, rng: random.Random) -> dict:
     }
 
 
+def rejected_of_kind(p: Problem, kind: str, rng: random.Random) -> str:
+    """A worse answer to `p`: a slip, an ANSWER line that contradicts the work, the bare answer, or no ANSWER line."""
+    if kind == "slip":
+        return slipped_solution(p, rng)
+    if kind == "answer_mismatch":
+        return f"{p.a} {p.op1} {p.b} = {p.intermediate}. {p.intermediate} {p.op2} {p.c} = {p.answer}. ANSWER: {p.answer + rng.choice(SLIPS)}"
+    if kind == "no_work":
+        return f"ANSWER: {p.answer}"
+    return p.solution.rsplit(" ANSWER:", 1)[0]
+
+
+def rm_row(p: Problem, idx: int, split: str, rng: random.Random) -> dict:
+    kind = rng.choice(RM_KINDS)
+    return {
+        "id": f"rm-{split}-{idx:05d}",
+        "messages": [{"role": "user", "content": p.question}],
+        "chosen": p.solution,
+        "rejected": rejected_of_kind(p, kind, rng),
+        "kind": kind,
+        "reference_answer": str(p.answer),
+    }
+
+
 def stage_rows(stage: str, split: str) -> list[dict]:
     n, seed = FILES[(stage, split)]
     problems = sample_problems(n, split, seed=seed)
@@ -84,7 +113,8 @@ def stage_rows(stage: str, split: str) -> list[dict]:
         return [sft_row(p, i, split) for i, p in enumerate(problems)]
     # a string seed is hashed with SHA-512 by `random`, so it does not depend on PYTHONHASHSEED
     rng = random.Random(f"slip-{seed}")
-    return [dpo_row(p, i, split, rng) for i, p in enumerate(problems)]
+    make_row = dpo_row if stage == "dpo" else rm_row
+    return [make_row(p, i, split, rng) for i, p in enumerate(problems)]
 
 
 def write_stage_data(out: Path) -> dict[Path, int]:
@@ -103,7 +133,7 @@ def write_stage_data(out: Path) -> dict[Path, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=EXAMPLES, help="root folder; files go to OUT/{sft,dpo}/{train,val}.jsonl")
+    ap.add_argument("--out", type=Path, default=EXAMPLES, help="root folder; files go to OUT/{sft,dpo,reward_model}/{train,val}.jsonl")
     args = ap.parse_args()
     for path, n in write_stage_data(args.out).items():
         print(f"wrote {path}: {n} rows")

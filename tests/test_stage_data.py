@@ -99,7 +99,27 @@ def test_row_counts_and_fields(written):
             assert r["messages"][0]["role"] == "user"
             assert problem_of(r["messages"][0]["content"]).split == split, f"{r['id']} is not a {split}-split problem"
     assert not (written / "asft").exists()
-    assert {p.name for p in written.iterdir()} == {"sft", "dpo"}
+    assert {p.name for p in written.iterdir()} == {"sft", "dpo", "reward_model"}
+
+
+def test_reward_model_rejected_answers_are_worse_in_their_stated_way(written):
+    seen = set()
+    for split in ("train", "val"):
+        for r in read(written / "reward_model" / f"{split}.jsonl"):
+            p = problem_of(r["messages"][0]["content"])
+            assert r["chosen"] == p.solution and r["rejected"] != r["chosen"]
+            kind, rejected = r["kind"], r["rejected"]
+            seen.add(kind)
+            if kind == "slip":
+                assert len(slips(p, rejected)) == 1
+            elif kind == "answer_mismatch":  # the work is right, the ANSWER line is not
+                work, answer = rejected.rsplit(" ANSWER: ", 1)
+                assert work == p.solution.rsplit(" ANSWER: ", 1)[0] and int(answer) != p.answer
+            elif kind == "no_work":
+                assert rejected == f"ANSWER: {p.answer}"
+            else:
+                assert kind == "no_answer_line" and "ANSWER" not in rejected and p.solution.startswith(rejected)
+    assert seen == set(stage_data.RM_KINDS)
 
 
 def test_sft_rows_are_chat_pairs_with_the_correct_solution(written):
