@@ -175,3 +175,55 @@ def test_shared_prefill_gives_the_same_samples_as_a_full_prefill(toy, monkeypatc
     assert [ids for ids, _ in runs[0]] == [ids for ids, _ in runs[1]]
     for (_, shared), (_, full) in zip(*runs):
         assert_close(torch.tensor(shared), torch.tensor(full), atol=1e-5, rtol=0)
+
+
+def _samples(engine, items, n, sampling, seed=5):
+    torch.manual_seed(seed)
+    return [c.token_ids for g in engine.generate(items, n, sampling) for c in g.completions]
+
+
+def _qwen2(tok):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return Qwen2ForCausalLM(cfg).eval()  # q/k/v biases and grouped-query attention, unlike the toy Llama
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-lora", "qwen2"])
+@pytest.mark.parametrize("sampling", [SamplingParams(max_new_tokens=12), SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12),
+                                      SamplingParams(temperature=0.0, max_new_tokens=12)], ids=["t1", "warped", "greedy"])
+def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling):
+    from rftkit.models import apply_lora
+    from rftkit.rollout.decode import supports
+
+    model, tok = toy
+    if arch == "qwen2":
+        model = _qwen2(tok)
+    if arch == "llama-lora":
+        model = apply_lora(load_model(str(tok.name_or_path)), 4, 8.0, 0.0, "all-linear")
+        with torch.no_grad():  # a fresh adapter is zero: make it change the outputs
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    assert supports(model)
+    items = load_items(EXAMPLES / "val.jsonl")[:5]  # prompts of different lengths: left padding
+    for n in (1, 4):  # n = 1: a plain prefill; n = 4: the shared prefill
+        lean = _samples(HFEngine(model, tok, lean=True), items, n, sampling)
+        reference = _samples(HFEngine(model, tok, lean=False), items, n, sampling)
+        assert lean == reference
+        assert any(len(t) > 1 for t in lean)
+
+
+def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rftkit.rollout.decode import supports
+
+    model, tok = toy
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, eos_token_id=tok.eos_token_id))
+    assert supports(model) and not supports(gpt2)
+    engine = HFEngine(gpt2, tok)
+    assert not engine.lean
+    assert len(_samples(engine, load_items(EXAMPLES / "val.jsonl")[:2], 2, SamplingParams(max_new_tokens=4))) == 4

@@ -14,6 +14,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from rftkit.models import prompt_ids, stop_token_ids
 from rftkit.rollout.base import SamplingParams
+from rftkit.rollout.decode import sample_tokens, supports
 from rftkit.types import Completion, Group, Item
 
 
@@ -67,8 +68,9 @@ class SamplingWarper(LogitsProcessor):
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, batch_size: int = 256, return_logprobs: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 256, return_logprobs: bool = False, lean: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.lean = lean and supports(model) and not return_logprobs  # rollout/decode.py; generate() otherwise
         self.batch_size = batch_size
         self.return_logprobs = return_logprobs  # costs one [rows, vocab] tensor per generated token
         self.stop_ids = stop_token_ids(tokenizer, model)
@@ -102,6 +104,13 @@ class HFEngine:
         sample = sampling.temperature > 0
         warper = self.warper if self.warper is not None and sample else SamplingWarper(self.stop_ids, SamplingParams(1.0))
         warper.new_batch()
+        if self.lean and width > 1:
+            if cache is None:
+                cache = self._prefill(input_ids[:, :-1], attention[:, :-1])
+            new = sample_tokens(self.model, input_ids, attention, cache, sampling.max_new_tokens, warper, self.stop_ids,
+                                self.pad_id, do_sample=sample)
+            self.model.train(was_training)
+            return self._completions(new.tolist(), None)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -128,6 +137,9 @@ class HFEngine:
             temp = sampling.temperature if sampling.temperature > 0 else 1.0
             logits = torch.stack(out.logits, dim=1).float() / temp  # [B, N, V]
             step_logprobs = torch.log_softmax(logits, -1).gather(-1, out.sequences[:, width:, None]).squeeze(-1).tolist()
+        return self._completions(new, step_logprobs)
+
+    def _completions(self, new: list[list[int]], step_logprobs: list[list[float]] | None) -> list[Completion]:
         stops = set(self.stop_ids)
         result = []
         for row, ids in enumerate(new):
@@ -160,9 +172,13 @@ class HFEngine:
         repeat = runs[0]
         if repeat < 2 or any(r != repeat for r in runs) or input_ids.shape[1] < 2:
             return None
-        ids, mask = input_ids[::repeat, :-1], attention[::repeat, :-1]  # [U, P-1]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: as generate() numbers positions
+        cache = self._prefill(input_ids[::repeat, :-1], attention[::repeat, :-1])  # [U, P-1]
+        cache.batch_repeat_interleave(repeat)
+        return cache
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> DynamicCache:
+        """The KV cache of left-padded prompt ids [B, P'] (positions numbered as generate() does)."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(repeat)
         return cache
