@@ -8,14 +8,20 @@ keys and values are written into their slot; the mask is a view of one prealloca
 mask; the model's own decoder layers, norms, rotary embedding and head do the maths, so
 LoRA adapters and architecture details (biases, GQA) are whatever the model says.
 
-Sampling draws exactly as generate() does (softmax, then one `torch.multinomial` per step
-over the batch), so the same seed gives the same tokens (tested against generate()).
-Models this loop does not recognise go through generate() (`supports`).
+One piece of each layer is done here rather than by the model: attention for the single
+new query. PyTorch's fused CPU attention costs ~1.4 ms per call at this shape (a kernel
+built for long queries), 31% of a tiny model's generation; two small matmuls and a softmax
+over the grouped heads do the same maths without repeating keys and values for GQA.
+
+Sampling draws as generate() does (softmax, then one `torch.multinomial` per step over the
+batch), so the same seed gives the same tokens up to float rounding (tested against
+generate()). Models this loop does not recognise go through generate() (`supports`).
 """
 
 from __future__ import annotations
 
 import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 _LAYOUT = ("embed_tokens", "layers", "norm", "rotary_emb")
 
@@ -31,13 +37,13 @@ def decoder_parts(model):
 
 
 def supports(model) -> bool:
-    """True for full-attention decoders with the Llama layout (no sliding window, no hybrid layers)."""
+    """True for full-attention decoders with the Llama layout (no sliding window, no hybrid layers, no q/k norms)."""
     cfg = model.config
     if decoder_parts(model) is None or getattr(cfg, "is_encoder_decoder", False):
         return False
     if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
         return False
-    return cfg.model_type in ("llama", "qwen2", "mistral", "qwen3")
+    return cfg.model_type in ("llama", "qwen2", "mistral")
 
 
 class SlotCache:
@@ -63,6 +69,25 @@ class SlotCache:
         self.keys[layer_idx][:, :, self.length : end] = key_states
         self.values[layer_idx][:, :, self.length : end] = value_states
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+
+def decode_layer(layer, hidden: torch.Tensor, rotary, cache: SlotCache, index: int, mask: torch.Tensor) -> torch.Tensor:
+    """One decoder layer for one new token per row: hidden [B, 1, H] -> [B, 1, H]; mask [B, 1, 1, K] bool."""
+    attn = layer.self_attn
+    batch, d = hidden.shape[0], attn.head_dim
+    x = layer.input_layernorm(hidden)
+    q = attn.q_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [B, Hq, 1, D]
+    k = attn.k_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [B, Hkv, 1, D]
+    v = attn.v_proj(x).view(batch, 1, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, *rotary)
+    keys, values = cache.update(k, v, index)  # [B, Hkv, K, D]
+    heads, kv_heads = q.shape[1], k.shape[1]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, d)  # query heads grouped by the kv head they read
+    scores = (q @ keys.transpose(-1, -2)) * attn.scaling  # [B, Hkv, G, K]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ values  # [B, Hkv, G, D]
+    hidden = hidden + attn.o_proj(out.reshape(batch, 1, heads * d))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 @torch.no_grad()
@@ -92,10 +117,8 @@ def sample_tokens(model, input_ids, attention, prefix_cache, max_new_tokens: int
         rotary = inner.rotary_emb(hidden, positions)
         keys = cache.length + 1
         attn_mask = mask[:, None, None, :keys]  # [B, 1, 1, K]
-        for layer in inner.layers:
-            hidden = layer(hidden, attention_mask=attn_mask, position_ids=positions, past_key_values=cache,
-                           position_embeddings=rotary)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        for index, layer in enumerate(inner.layers):
+            hidden = decode_layer(layer, hidden, rotary, cache, index, attn_mask)
         cache.length = keys
         logits = head(inner.norm(hidden[:, -1])).float()  # [B, V]
         scores = warp(generated[:, : width + step], logits)
