@@ -40,7 +40,7 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; a line every ~5% of the run"),
 ) -> None:
-    """Train with GRPO: generate, grade, update; checkpoints and metrics go to run.dir."""
+    """Train (algorithm.name: grpo, sft, dpo, reward_model, rejection_sampling, asft); checkpoints and metrics go to run.dir."""
     from rftkit.config import load_config
     from rftkit.train.loop import Trainer
 
