@@ -289,3 +289,14 @@ def test_browser_checks_catch_a_bad_page(browser, tmp_path):
     assert seen["problems"] == ["reward/undefined: nothing drawn", "reward/undefined: drawn with zero size"]
     assert any("boom" in e["message"] for e in seen["errors"])
     assert seen["requests"] == ["http://example.invalid/x.png"]
+
+
+def test_offline_runs_get_loss_and_held_out_charts(tmp_path):
+    """An SFT/DPO-style run (no rewards) still gets its loss and held-out metrics plotted."""
+    from rftkit.report import write_report
+
+    rows = [{"step": 0, "val/logp_margin": 5.0}] + [
+        {"step": s, "train/loss": 0.7 - 0.01 * s, **({"val/logp_margin": 5.0 + 0.1 * s} if s % 5 == 0 else {})} for s in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = write_report(tmp_path).read_text()
+    assert "Training loss" in html and "Held-out metrics" in html and "val/logp_margin" in html

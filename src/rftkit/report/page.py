@@ -137,6 +137,18 @@ def reward_histogram(samples: list[dict]) -> str:
     return bar_chart("reward_hist", title, labels, groups, "reward", "share of samples")
 
 
+OFFLINE_VAL = ("val/loss", "val/unweighted_loss", "val/logp_margin", "val/accuracy", "val/reward_accuracy")
+
+
+def offline_charts(rows: list[dict]) -> list[str]:
+    """The loss and held-out metrics of the algorithms that do not generate (sft, dpo, reward_model, asft); none for GRPO."""
+    if not any(series(rows, "train/loss")):
+        return []
+    held_out = [(k, k) for k in OFFLINE_VAL if series(rows, k)]
+    return [_line("train_loss", "Training loss", rows, [("train/loss", "train/loss")], "loss"),
+            _line("val_offline", "Held-out metrics", rows, held_out, "value", markers=True)]
+
+
 def charts(run: Run) -> list[str]:
     rows = run.metrics
     return [
@@ -144,6 +156,7 @@ def charts(run: Run) -> list[str]:
         line_chart("val", "Validation", [
             Series("val/reward_mean", series(rows, "val/reward_mean"), PALETTE[0], markers=True),
             Series("val/pass@1", series(rows, "val/pass@1"), PALETTE[1], markers=True)], y_label="score"),
+        *offline_charts(rows),
         _line("entropy", "Policy entropy", rows, [("actor/entropy", "entropy")], "nats / token"),
         _line("kl", "KL to reference", rows, [("actor/kl", "KL")], "per token"),
         _line("response_length", "Response length", rows,
