@@ -348,3 +348,17 @@ def test_init_from_a_lora_checkpoint_merges_the_adapter(tmp_path, toy_model_dir,
         assert_close(rebuilt[name], expected[name], msg=name)
     assert not differing(rebuilt, trainer.model.state_dict())
     assert read_lineage(b)[-1]["checkpoint"] == "step-000001"
+
+
+def test_a_reward_model_run_cannot_start_a_policy_run(tmp_path, toy_model_dir):
+    from rftkit.train.lineage import InitSource, check_compatible
+
+    run = tmp_path / "rm"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config(None, ["algorithm.name=reward_model"]).to_yaml())
+    src = InitSource(run, "final", run / "final")
+    check_compatible(src, "reward_model")  # a reward model may continue a reward model
+    with pytest.raises(UserError, match="reward model"):
+        check_compatible(src, "grpo")
+    (run / "config.yaml").write_text(load_config(None, ["algorithm.name=sft"]).to_yaml())
+    check_compatible(src, "reward_model")  # a language model may seed a reward model (new score head)

@@ -58,6 +58,15 @@ def resolve_init(init_from: str) -> InitSource:
                     "(RUN_DIR/checkpoints/step-N); to start from a plain model folder set model.path instead")
 
 
+def check_compatible(src: InitSource, algorithm: str) -> None:
+    """A reward model's final model is a scalar scorer: it can seed another reward model, not a policy.
+    (A language model can seed a reward model: it gets a new score head.)"""
+    parent = _parent_config(src.run_dir).algorithm.name
+    if parent == "reward_model" and algorithm != "reward_model":
+        raise UserError(f"init_from={src.path}: that run trained a reward model (a scalar score head), which cannot "
+                        f"start a {algorithm} run; start from the model the reward model was trained from")
+
+
 def read_lineage(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / LINEAGE
     return json.loads(path.read_text()) if path.exists() else []

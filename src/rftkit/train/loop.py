@@ -28,7 +28,7 @@ from rftkit.models import apply_lora, load_tokenizer
 from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rftkit.train.progress import RunProgress
 from rftkit.train.health import HealthMonitor
-from rftkit.train.lineage import materialize, resolve_init, write_lineage
+from rftkit.train.lineage import check_compatible, materialize, resolve_init, write_lineage
 from rftkit.train.sinks import make_sinks, read_jsonl, truncate_after
 from rftkit.train.stages import stage_class
 from rftkit.types import Group
@@ -163,6 +163,8 @@ class Trainer:
         cfg = self.cfg
         self.stage.prepare()  # data and config errors surface before any model loads
         start_from = resolve_init(cfg.init_from) if cfg.init_from else None
+        if start_from is not None:
+            check_compatible(start_from, cfg.algorithm.name)
         self._prepare_run_dir(resume)
         self.console.rule("resolved config")  # also in quiet mode: logs should say what ran
         self.console.print(cfg.to_yaml(), highlight=False, markup=False)
