@@ -14,7 +14,6 @@ import shutil
 import signal
 import statistics
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
