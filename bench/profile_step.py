@@ -51,7 +51,9 @@ import torch
 import torch.nn.functional as F
 
 import rftkit.algorithms.grpo_update as gu
+import rftkit.rollout.hf as hf
 import rftkit.train.loop as loop
+import rftkit.train.stages.grpo as grpo_stage
 from rftkit.algorithms.common import pack_prompt_completion, token_entropy, token_logprobs
 from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts, clipped_policy_loss
 from rftkit.config import load_config
@@ -62,8 +64,9 @@ CONFIG = ROOT / "examples" / "arithmetic" / "grpo.yaml"
 # (row label, key, parent key or None). Leaves (rows without children) add up to the step.
 ROWS = [
     ("generate (engine.generate)", "generate", None),
-    ("  model forward (prefill + decode)", "generate.forward", "generate"),
-    ("  rest of HF generate (sampling, cache, stop checks, tokenise/decode)", "generate.other", "generate"),
+    ("  model forward (prefill; + decode under HF generate)", "generate.forward", "generate"),
+    ("  lean decode loop (rollout/decode.py: layers, sampling)", "generate.decode", "generate"),
+    ("  rest (HF generate's sampling/cache/stop checks, or tokenise/detokenise)", "generate.other", "generate"),
     ("grade (executor.score)", "grade", None),
     ("update (grpo_update)", "update", None),
     ("  pack batch", "update.pack", "update"),
@@ -112,10 +115,13 @@ class Clock:
 
 def install_global_timers(clock: Clock):
     """Module-level functions `_step` and `grpo_update` look up at call time. Returns an undo function."""
-    saved = [(loop, "grpo_update"), (gu, "token_logprobs"), (gu, "token_entropy"), (gu, "clipped_policy_loss"),
-             (gu, "pack_prompt_completion"), (torch.Tensor, "backward"), (torch.nn.utils, "clip_grad_norm_")]
+    saved = [(grpo_stage, "grpo_update"), (gu, "token_logprobs"), (gu, "token_entropy"), (gu, "clipped_policy_loss"),
+             (gu, "pack_prompt_completion"), (hf, "sample_tokens"), (torch.Tensor, "backward"),
+             (torch.nn.utils, "clip_grad_norm_")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in saved if hasattr(owner, name)]  # older/newer code
-    loop.grpo_update = clock.wrap("update", gu.grpo_update, phase="update")
+    grpo_stage.grpo_update = clock.wrap("update", gu.grpo_update, phase="update")
+    if hasattr(hf, "sample_tokens"):
+        hf.sample_tokens = clock.wrap("generate.decode", hf.sample_tokens)
     gu.token_logprobs = clock.wrap("update.logprobs", token_logprobs)
     if hasattr(gu, "token_entropy"):  # before the entropy moved into sampling (rollout/hf.py)
         gu.token_entropy = clock.wrap("update.entropy", token_entropy)
@@ -158,7 +164,7 @@ class ProfiledTrainer(loop.Trainer):
         start = super()._setup(resume)
         c = self.clock
         self.engine.generate = c.wrap("generate", self.engine.generate, phase="generate")
-        self.executor.score = c.wrap("grade", self.executor.score)
+        self.stage.executor.score = c.wrap("grade", self.stage.executor.score)
         self.optimizer.step = c.wrap("optimizer.step", self.optimizer.step)
         self.optimizer.zero_grad = c.wrap("optimizer.misc", self.optimizer.zero_grad)
         self.scheduler.step = c.wrap("optimizer.misc", self.scheduler.step)
@@ -194,7 +200,7 @@ class ProfiledTrainer(loop.Trainer):
         wall = time.perf_counter() - t0
         self._last_end = time.perf_counter()
         t, s = dict(self.clock.t), dict(self.clock.stats)
-        t["generate.other"] = t["generate"] - t.get("generate.forward", 0.0)
+        t["generate.other"] = t["generate"] - t.get("generate.forward", 0.0) - t.get("generate.decode", 0.0)
         parts = ("update.pack", "update.forward", "update.logprobs", "update.loss", "update.backward", "update.entropy")
         t["update.other"] = t["update"] - sum(t.get(k, 0.0) for k in parts)
         top = [k for _, k, parent in ROWS if parent is None and k != "overhead"]
@@ -375,10 +381,14 @@ def main(argv=None) -> None:
         print(f"{'between steps (sinks, health, progress)':<{width}} {statistics.median(between):9.4f}")
 
     gen_eff = stats.get("completion_tokens", 0) / max(stats.get("generate.row_steps", 1), 1)
-    print(f"\ngeneration: {stats.get('completion_tokens', 0):.0f} completion tokens/step in {stats.get('generate.forward_calls', 0):.0f} "
-          f"forward calls over {stats.get('generate.row_steps', 0):.0f} row-steps: {100 * gen_eff:.0f}% of computed rows were live "
-          f"(finished rows keep being computed until the longest ends); "
-          f"{stats.get('completion_tokens', 0) / max(median['generate'], 1e-9):.0f} tokens/s")
+    if median.get("generate.decode"):  # the lean loop calls layers, not model.forward: the hooks see the prefill only
+        print(f"\ngeneration: {stats.get('completion_tokens', 0):.0f} completion tokens/step, prefill by model.forward, "
+              f"decode in rftkit's loop; {stats.get('completion_tokens', 0) / max(median['generate'], 1e-9):.0f} tokens/s")
+    else:
+        print(f"\ngeneration: {stats.get('completion_tokens', 0):.0f} completion tokens/step in {stats.get('generate.forward_calls', 0):.0f} "
+              f"forward calls over {stats.get('generate.row_steps', 0):.0f} row-steps: {100 * gen_eff:.0f}% of computed rows were live "
+              f"(finished rows keep being computed until the longest ends); "
+              f"{stats.get('completion_tokens', 0) / max(median['generate'], 1e-9):.0f} tokens/s")
     pos = stats.get("update.positions", 0)
     if pos:
         print(f"update: {stats.get('active_rows', 0):.0f} of {stats.get('rows', 0):.0f} rows forwarded (zero-advantage rows skipped), "
