@@ -298,8 +298,21 @@ def assert_grader_matches_model(final: Path, model, tokenizer) -> None:
         want = score_pairs(model, [conversation_ids(tokenizer, item.messages, text) for item, text in calls],
                            tokenizer.pad_token_id).tolist()
     assert len({round(s, 4) for s in want}) == len(calls)  # distinct: a mix-up would show
+    offset = model.config.score_offset  # the stage centres the scores (finalize) and saves the offset
+    assert json.loads((final / "config.json").read_text())["score_offset"] == pytest.approx(offset)
     got = [s.reward for s in grader.grade_batch(calls)]
-    assert got == pytest.approx(want, abs=1e-5)
+    assert got == pytest.approx([w - offset for w in want], abs=1e-5)
+
+
+def test_reward_model_scores_are_centred_on_the_training_answers(runs):
+    run = runs("reward_model")
+    stage, model = run.trainer.stage, run.trainer.model
+    answers = [ids for p in stage.examples for ids in (p["chosen"], p["rejected"])]
+    with torch.no_grad():
+        model.eval()
+        raw = score_pairs(model, answers, run.trainer.tokenizer.pad_token_id)
+    assert model.config.score_offset == pytest.approx(float(raw.mean()), abs=1e-5)
+    assert abs(model.config.score_offset) > 1e-4  # there was an offset to remove
 
 
 def test_reward_model_final_is_a_grader_with_the_trained_scores(runs):

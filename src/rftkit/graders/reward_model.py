@@ -14,7 +14,10 @@ The scored sequence is the conversation `item.messages` + the completion as the 
 turn, tokenised exactly as `rftkit.models.sft_example` does (chat-template prompt ids, then
 the answer's ids and eos): a reward model trained on `sft_example` pairs sees the same ids
 at grading time. The reward is the raw score (`normalize: none`) or its sigmoid, in (0, 1);
-the breakdown always holds the raw score under the grader's name.
+the breakdown always holds the raw score under the grader's name. A model trained by rftkit's
+`reward_model` stage stores `score_offset` in its config (the mean score of its training
+answers) and scores are taken relative to it, so 0 is an average answer and the sigmoid a
+meaningful probability-like scale; other models' scores are used as they are.
 
 How this differs from calling the Hugging Face model:
 - We pool ourselves (`score_pairs`): backbone, then the `score` head on the hidden state of
@@ -229,9 +232,10 @@ class RewardModelGrader:
         with self._lock, torch.inference_mode():
             rows = [conversation_ids(self.tokenizer, item.messages, text) for item, text in calls]
             model = self.model()
+            offset = float(getattr(model.config, "score_offset", 0.0) or 0.0)  # set by rftkit's reward_model stage
             for start in range(0, len(rows), self.batch_size):
-                raw += score_pairs(model, rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
-                                   self.max_length).tolist()
+                raw += (score_pairs(model, rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
+                                    self.max_length) - offset).tolist()
         return [Score(reward=self._normalized(r), breakdown={self.name: r}) for r in raw]
 
     def _normalized(self, raw: float) -> float:

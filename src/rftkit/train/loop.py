@@ -307,6 +307,7 @@ class Trainer:
         return self._save_final()
 
     def _save_final(self) -> Path:
+        self.stage.finalize()
         final, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         model = self.model

@@ -50,6 +50,9 @@ class Stage:
     def summary(self, metrics: dict[str, float]) -> str:
         return f"loss {metrics.get('train/loss', float('nan')):.4f}"
 
+    def finalize(self) -> None:
+        """Last changes to the model before final/ is saved."""
+
     def close(self) -> None: ...
 
     # ---- helpers ---------------------------------------------------------------------

@@ -6,7 +6,8 @@ new. The score of a conversation is the head at its last token (graders/reward_m
 `score_pairs`, which the `reward_model` grader also uses, so training and grading read the
 same token). With LoRA the head is trained in full and the final model is always saved
 merged: the grader needs one plain Hugging Face folder. Only score differences are
-learnt; the offset is arbitrary (use differences or ranks, not absolute values).
+learnt, so the final model stores the mean score of its training answers as
+`config.score_offset`, which the grader subtracts: 0 is an average answer.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ class RewardModelStage(OfflineStage):
         tokens = sum(len(p["chosen"]) + len(p["rejected"]) for p in pairs)
         return {"train/loss": loss_sum, "train/accuracy": correct / len(pairs), "rewards/margin": gap / len(pairs),
                 "actor/grad_norm": self.trainer.optimizer_step(), "actor/lr": self.lr(), **self.perf(t0, tokens)}
+
+    def finalize(self) -> None:
+        """Store the mean score of (up to 1024) training answers as config.score_offset: Bradley-Terry fixes only
+        differences, so without it a score of 0 means nothing. The reward_model grader subtracts it."""
+        answers = [ids for p in self.examples[:512] for ids in (p["chosen"], p["rejected"])]
+        with eval_mode(self.model):
+            scores = torch.cat([score_pairs(self.model, answers[i : i + 64], self.tokenizer.pad_token_id)
+                                for i in range(0, len(answers), 64)])
+        self.model.config.score_offset = float(scores.mean())
 
     def validate(self) -> dict[str, float]:
         loss_sum, correct = 0.0, 0
