@@ -109,7 +109,8 @@ def sft_pairs_loss(model, pairs, micro_batch_size: int, packing: bool, pack_leng
     """
     device = next(model.parameters()).device
     n_tokens = float(sum(len(a) for _, a in pairs)) or 1.0
-    examples = [(p, a, 1.0 if weights is None else float(w)) for (p, a), w in zip(pairs, weights if weights is not None else pairs)]
+    weights = [1.0] * len(pairs) if weights is None else weights
+    examples = [(p, a, float(w)) for (p, a), w in zip(pairs, weights)]
     total = 0.0
     for input_ids, attention, positions, target_weights in sft_batches(examples, micro_batch_size, packing, pack_length):
         input_ids, target_weights = input_ids.to(device), target_weights.to(device)

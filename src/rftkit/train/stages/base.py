@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -81,19 +82,13 @@ class Stage:
         return self.trainer.scheduler.get_last_lr()[0]
 
 
+@contextmanager
 def eval_mode(model):
-    """Context: model.eval() and no gradients, restoring train mode after (dropout in LoRA)."""
-
-    class _Ctx:
-        def __enter__(self):
-            self.was = model.training
-            model.eval()
-            self.grad = torch.no_grad()
-            self.grad.__enter__()
-
-        def __exit__(self, *exc):
-            self.grad.__exit__(*exc)
-            model.train(self.was)
-
-    return _Ctx()
-
+    """model.eval() and no gradients inside, the model's previous mode restored after (dropout in LoRA)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)

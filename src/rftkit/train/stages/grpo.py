@@ -110,10 +110,9 @@ class GRPOStage(GeneratingStage):
         cfg = self.cfg
         completions = [c for g in groups for c in g.completions]
         pairs = [(g.prompt_ids, c.token_ids) for g in groups for c in g.completions]
-        with torch.no_grad():
-            logps = completion_logprobs(lambda ids, att: self.model(input_ids=ids, attention_mask=att, use_cache=False).logits,
-                                        pairs, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                                        cfg.rollout.temperature, self.trainer.device)
+        logps = completion_logprobs(lambda ids, att: self.model(input_ids=ids, attention_mask=att, use_cache=False).logits,
+                                    pairs, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
+                                    cfg.rollout.temperature, self.trainer.device)  # no_grad inside
         for c, lp in zip(completions, logps):
             c.old_logp = lp
 
