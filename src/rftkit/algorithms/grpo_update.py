@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
+from rftkit.algorithms.shared_prefix import completion_logprobs as shared_logprobs
+from rftkit.algorithms.shared_prefix import usable
 from rftkit.algorithms.grpo import AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss
 from rftkit.types import Completion, Group
 
@@ -54,20 +56,28 @@ def completion_logprobs(
     micro_batch_size: int,
     temperature: float = 1.0,
     device: str | torch.device = "cpu",
+    model=None,
 ) -> list[torch.Tensor]:
     """Per-token log-probs of each (prompt, completion) pair's completion: a [len(completion)] tensor each.
 
     `logits_fn(input_ids, attention_mask) -> logits` is the policy or the reference. Used for
     the old-policy log-probs of mu > 1 and the reference log-probs of a KL reward penalty.
+    `model`, when given and the shared-prefix forward handles it, is forwarded that way
+    instead (the same values, as grpo_update computes them).
     """
+    shared = model is not None and usable(model)
     out: list[torch.Tensor] = []
     for start in range(0, len(pairs), micro_batch_size):
         chunk = pairs[start : start + micro_batch_size]
-        input_ids, attention, mask = pack_prompt_completion([p for p, _ in chunk], [c for _, c in chunk], pad_id)
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        logits = logits_fn(input_ids, attention)
-        logp = token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids).cpu()  # [B, T-1]
-        out += [row[m.bool()] for row, m in zip(logp, mask)]
+        prompts, completions = [p for p, _ in chunk], [c for _, c in chunk]
+        if shared:
+            logp, mask = shared_logprobs(model, prompts, completions, temperature)  # [B, C]
+        else:
+            input_ids, attention, mask = pack_prompt_completion(prompts, completions, pad_id)
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            logits = logits_fn(input_ids, attention)
+            logp = token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids)  # [B, T-1]
+        out += [row[m.bool()].cpu() for row, m in zip(logp, mask.to(logp.device))]
     return out
 
 
@@ -84,35 +94,45 @@ def grpo_update(
     temperature: float = 1.0,
     epsilon_high: float | None = None,
     kl_estimator: str = "k3",
+    shared_prefix: bool = True,
 ) -> dict[str, float]:
     """Accumulate gradients of the step's GRPO loss into `policy` (no optimizer step).
 
     `reference_logprobs(input_ids, attention_mask) -> [B, T-1]` is needed when beta > 0
     (beta here is the KL *loss* coefficient; a KL reward penalty is applied before advantages).
     Rows carrying `old_logp` (mu > 1) get importance ratios against it; the others use their
-    current log-probs detached (ratio 1). Returns sums for the step's metrics.
+    current log-probs detached (ratio 1). `shared_prefix` uses the shared-prefix forward
+    (algorithms/shared_prefix.py) where the model allows it: same loss, about half the matmul
+    work on a GRPO batch. Returns sums for the step's metrics.
     """
     rows, n_tokens = rows_for_update(groups)
     counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(max_new_tokens, 1))
     aggregate = lambda values, mask: AGGREGATIONS[aggregation](values, mask, counts)  # noqa: E731
     active = [r for r in rows if beta > 0 or r.advantage != 0.0]
-    # Similar lengths side by side waste less compute on padding; sorting is stable, so the
-    # order (and the floating-point sum) is the same on every run.
-    active.sort(key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
+    shared = shared_prefix and usable(policy)
+    if not shared:
+        # Similar lengths side by side waste less compute on padding; sorting is stable, so the
+        # order (and the floating-point sum) is the same on every run. The shared-prefix forward
+        # pads nothing in its matmuls and wants a group's rows together, so it keeps group order.
+        active.sort(key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
     device = next(policy.parameters()).device
     sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "rows": len(active)}
     for start in range(0, len(active), micro_batch_size):
         chunk = active[start : start + micro_batch_size]
-        input_ids, attention, mask = pack_prompt_completion([r.prompt_ids for r in chunk], [r.completion_ids for r in chunk], pad_id)
-        input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)  # [B, T], [B, T], [B, T-1]
-        logits = policy(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, T, V]
-        if temperature != 1.0:
-            logits = logits / temperature
-        logp = token_logprobs(logits, input_ids)  # [B, T-1]
+        prompts, completions = [r.prompt_ids for r in chunk], [r.completion_ids for r in chunk]
+        if shared:
+            logp, mask = shared_logprobs(policy, prompts, completions, temperature)  # [B, C], [B, C]
+        else:
+            input_ids, attention, mask = (t.to(device) for t in pack_prompt_completion(prompts, completions, pad_id))
+            logits = policy(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, T, V]
+            logp = token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids)  # [B, T-1]
         ref = None
         if beta > 0:
+            input_ids, attention, full_mask = (t.to(device) for t in pack_prompt_completion(prompts, completions, pad_id))
             with torch.no_grad():
-                ref = reference_logprobs(input_ids, attention)
+                ref = reference_logprobs(input_ids, attention)  # [B, T-1]
+            if shared:  # the same tokens' values, in the shared forward's [B, C] layout
+                ref = logp.new_zeros(logp.shape).masked_scatter(mask.bool(), ref[full_mask.bool()])
         advantages = torch.tensor([r.advantage for r in chunk], device=device, dtype=logp.dtype)  # [B]
         old = logp.detach()
         if chunk[0].old_logp is not None:  # completion targets are contiguous per row, so row order = mask order

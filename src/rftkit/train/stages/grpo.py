@@ -112,7 +112,7 @@ class GRPOStage(GeneratingStage):
         pairs = [(g.prompt_ids, c.token_ids) for g in groups for c in g.completions]
         logps = completion_logprobs(lambda ids, att: self.model(input_ids=ids, attention_mask=att, use_cache=False).logits,
                                     pairs, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                                    cfg.rollout.temperature, self.trainer.device)  # no_grad inside
+                                    cfg.rollout.temperature, self.trainer.device, model=self.model)  # no_grad inside
         for c, lp in zip(completions, logps):
             c.old_logp = lp
 
