@@ -24,6 +24,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 _LAYOUT = ("embed_tokens", "layers", "norm", "rotary_emb")
+COMPACT_FRACTION = 8  # finished rows leave the batch once they are at least 1/8 of it
 
 
 def decoder_parts(model):
@@ -46,90 +47,135 @@ def supports(model) -> bool:
     return cfg.model_type in ("llama", "qwen2", "mistral")
 
 
-class SlotCache:
-    """Preallocated keys and values, [B, H_kv, S, D] per layer; `update` writes the current slot.
+class SplitCache:
+    """Keys and values in two parts, so a prompt's are read once per step, not once per row.
 
-    Quacks like the part of transformers' Cache that attention layers call.
+    - the prompts': one copy per distinct prompt, the prefill's tensors as they are
+      ([U, H_kv, P, D] per layer, left-padded, `prefix_mask` [U, P]); never copied;
+    - each row's own tokens (the last prompt token, then the generated ones): [b, H_kv, N, D]
+      per layer, allocated once; `length` slots are filled.
+
+    `group[r]` is row r's prompt and `slot[r]` its place among that prompt's rows, so the
+    queries of a prompt's rows can be stacked against its keys in one matmul.
     """
 
-    def __init__(self, prefix, batch: int, total: int):
-        self.keys, self.values = [], []
-        for layer in prefix.layers:
-            k, v = layer.keys, layer.values  # [B, H_kv, P, D]
-            kb = k.new_empty(batch, k.shape[1], total, k.shape[3])
-            vb = v.new_empty(batch, v.shape[1], total, v.shape[3])
-            kb[:, :, : k.shape[2]] = k
-            vb[:, :, : v.shape[2]] = v
-            self.keys.append(kb)
-            self.values.append(vb)
-        self.length = prefix.get_seq_length()
+    def __init__(self, prefix, prefix_mask: torch.Tensor, group: torch.Tensor, max_new_tokens: int):
+        self.prefix_keys = [layer.keys for layer in prefix.layers]
+        self.prefix_values = [layer.values for layer in prefix.layers]
+        batch = len(group)
+        self.keys = [k.new_empty(batch, k.shape[1], max_new_tokens, k.shape[3]) for k in self.prefix_keys]
+        self.values = [v.new_empty(batch, v.shape[1], max_new_tokens, v.shape[3]) for v in self.prefix_values]
+        self.length = 0
+        self.prompts = prefix_mask.shape[0]
+        self.group = group
+        counts = torch.bincount(group, minlength=self.prompts)
+        self.width = int(counts.max())  # rows per prompt, at most
+        order = torch.argsort(group, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        self.slot = torch.empty_like(group)
+        self.slot[order] = torch.arange(batch, device=group.device) - starts[group[order]]
+        self.row_mask = prefix_mask.bool()[group][:, None, None, :]  # [b, 1, 1, P] prompt keys each row may see
 
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        end = self.length + key_states.shape[2]
-        self.keys[layer_idx][:, :, self.length : end] = key_states
-        self.values[layer_idx][:, :, self.length : end] = value_states
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the batch (their filled slots are copied; the prompts' part is shared and stays)."""
+        for store in (self.keys, self.values):
+            for i, t in enumerate(store):
+                kept = t.new_empty(len(rows), *t.shape[1:])
+                kept[:, :, : self.length] = t[rows, :, : self.length]
+                store[i] = kept
+        self.group, self.slot, self.row_mask = self.group[rows], self.slot[rows], self.row_mask[rows]
+
+    def by_prompt(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, Hkv, R, *] per row -> [U, Hkv, W * R, *]: each prompt's rows stacked (empty places are 0)."""
+        stacked = x.new_zeros(self.prompts, self.width, *x.shape[1:])
+        stacked[self.group, self.slot] = x
+        u, w, h, r = stacked.shape[:4]
+        return stacked.transpose(1, 2).reshape(u, h, w * r, *x.shape[3:])
+
+    def by_row(self, x: torch.Tensor, heads_per_kv: int) -> torch.Tensor:
+        """The inverse of by_prompt: [U, Hkv, W * R, *] -> [b, Hkv, R, *]."""
+        u, h = x.shape[:2]
+        return x.view(u, h, self.width, heads_per_kv, *x.shape[3:]).transpose(1, 2)[self.group, self.slot]
 
 
-def decode_layer(layer, hidden: torch.Tensor, rotary, cache: SlotCache, index: int, mask: torch.Tensor) -> torch.Tensor:
-    """One decoder layer for one new token per row: hidden [B, 1, H] -> [B, 1, H]; mask [B, 1, 1, K] bool."""
+def decode_layer(layer, hidden: torch.Tensor, rotary, cache: SplitCache, index: int) -> torch.Tensor:
+    """One decoder layer for one new token per row: hidden [b, 1, H] -> [b, 1, H]."""
     attn = layer.self_attn
     batch, d = hidden.shape[0], attn.head_dim
     x = layer.input_layernorm(hidden)
-    q = attn.q_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [B, Hq, 1, D]
-    k = attn.k_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [B, Hkv, 1, D]
+    q = attn.q_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [b, Hq, 1, D]
+    k = attn.k_proj(x).view(batch, 1, -1, d).transpose(1, 2)  # [b, Hkv, 1, D]
     v = attn.v_proj(x).view(batch, 1, -1, d).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, *rotary)
-    keys, values = cache.update(k, v, index)  # [B, Hkv, K, D]
+    end = cache.length + 1
+    cache.keys[index][:, :, cache.length : end] = k
+    cache.values[index][:, :, cache.length : end] = v
+    own_keys, own_values = cache.keys[index][:, :, :end], cache.values[index][:, :, :end]  # [b, Hkv, n, D]
     heads, kv_heads = q.shape[1], k.shape[1]
-    q = q.reshape(batch, kv_heads, heads // kv_heads, d)  # query heads grouped by the kv head they read
-    scores = (q @ keys.transpose(-1, -2)) * attn.scaling  # [B, Hkv, G, K]
-    scores = scores.masked_fill(~mask, float("-inf"))
-    out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ values  # [B, Hkv, G, D]
+    group = heads // kv_heads
+    q = q.reshape(batch, kv_heads, group, d)  # query heads grouped by the kv head they read
+    prompt_keys, prompt_values = cache.prefix_keys[index], cache.prefix_values[index]  # [U, Hkv, P, D]
+    prompt_scores = cache.by_row(cache.by_prompt(q) @ prompt_keys.transpose(-1, -2), group)  # [b, Hkv, R, P]
+    prompt_scores = prompt_scores.masked_fill(~cache.row_mask, float("-inf"))
+    scores = torch.cat([prompt_scores, q @ own_keys.transpose(-1, -2)], dim=-1) * attn.scaling  # [b, Hkv, R, P + n]
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    width = prompt_keys.shape[2]
+    out = cache.by_row(cache.by_prompt(probs[..., :width]) @ prompt_values, group) + probs[..., width:] @ own_values
     hidden = hidden + attn.o_proj(out.reshape(batch, 1, heads * d))
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 @torch.no_grad()
-def sample_tokens(model, input_ids, attention, prefix_cache, max_new_tokens: int, warp, stop_ids: list[int],
+def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_tokens: int, warper, stop_ids: list[int],
                   pad_id: int, do_sample: bool = True) -> torch.Tensor:
     """Generated ids [B, <= max_new_tokens] after the prompts, pad after a row's stop token.
 
-    input_ids, attention: [B, P] left-padded prompts. `prefix_cache` holds the keys and
-    values of input_ids[:, :-1] (transformers DynamicCache); the last prompt token is the
-    first one fed here. `warp(ids_so_far, scores) -> scores` is the sampling warper.
+    input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
+    DynamicCache) holds the keys and values of the distinct prompts' ids[:, :-1], and `group`
+    [B] says which of them each row is; the last prompt token is the first one fed here. `warper` is rollout.hf.SamplingWarper: `warp(scores)` shapes the
+    distribution, `observe(scores, alive)` meters its entropy.
+
+    Finished rows leave the batch once they are 1/COMPACT_FRACTION of it: their compute and
+    their share of the KV cache reads stop. The random numbers stay those of the full batch, drawn as
+    torch.multinomial draws them (one Exp(1) per row and vocabulary entry, argmax of p / q),
+    so the tokens are still those of generate() with the same seed.
     """
     inner, head = decoder_parts(model)
     batch, width = input_ids.shape
     device = input_ids.device
-    cache = SlotCache(prefix_cache, batch, width - 1 + max_new_tokens)
-    mask = torch.ones(batch, width + max_new_tokens, dtype=torch.bool, device=device)  # [B, S] keys a row may attend to
-    mask[:, :width] = attention.bool()
+    prefix_mask = attention.new_zeros(prefix_cache.layers[0].keys.shape[0], width - 1)
+    prefix_mask[group] = attention[:, :-1]  # [U, P-1]
+    cache = SplitCache(prefix_cache, prefix_mask, group, max_new_tokens)
     positions = attention.sum(-1, keepdim=True) - 1  # [B, 1] position of the last prompt token
     stops = torch.tensor(stop_ids, device=device)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    token = input_ids[:, -1:]  # [B, 1]
-    generated = torch.full((batch, width + max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
-    generated[:, :width] = input_ids  # processors see the whole sequence so far, as in generate()
+    rows = torch.arange(batch, device=device)  # the batch rows still in the loop
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # [b] rows in the loop that have stopped
+    token = input_ids[:, -1:]  # [b, 1]
+    generated = torch.full((batch, max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
     step = 0
     for step in range(max_new_tokens):
-        hidden = inner.embed_tokens(token)  # [B, 1, H]
+        hidden = inner.embed_tokens(token)  # [b, 1, H]
         rotary = inner.rotary_emb(hidden, positions)
-        keys = cache.length + 1
-        attn_mask = mask[:, None, None, :keys]  # [B, 1, 1, K]
         for index, layer in enumerate(inner.layers):
-            hidden = decode_layer(layer, hidden, rotary, cache, index, attn_mask)
-        cache.length = keys
-        logits = head(inner.norm(hidden[:, -1])).float()  # [B, V]
-        scores = warp(generated[:, : width + step], logits)
+            hidden = decode_layer(layer, hidden, rotary, cache, index)
+        cache.length += 1
+        logits = head(inner.norm(hidden[:, -1])).float()  # [b, V]
+        scores = warper.observe(warper.warp(logits), ~done)
         if do_sample:
-            nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)  # [B]
+            probs = torch.softmax(scores, dim=-1)
+            noise = torch.empty(batch, probs.shape[-1], dtype=probs.dtype, device=device).exponential_(1)  # [B, V]
+            nxt = (probs / (noise if len(rows) == batch else noise[rows])).argmax(-1)  # [b]
         else:
             nxt = scores.argmax(-1)
-        nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
-        generated[:, width + step] = nxt
-        unfinished &= ~torch.isin(nxt, stops)
-        if not unfinished.any():
+        nxt = nxt.masked_fill(done, pad_id)
+        generated[rows, step] = nxt
+        done |= torch.isin(nxt, stops)
+        stopped = int(done.sum())
+        if stopped == len(rows):
             break
         token, positions = nxt[:, None], positions + 1
-    return generated[:, width : width + step + 1]
+        if stopped >= max(len(rows) // COMPACT_FRACTION, 1):  # copying the cache once beats carrying them
+            keep = (~done).nonzero().squeeze(1)
+            rows, done, positions, token = rows[keep], done[keep], positions[keep], token[keep]
+            cache.select(keep)
+    return generated[:, : step + 1]

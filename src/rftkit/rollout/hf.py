@@ -58,10 +58,12 @@ class SamplingWarper(LogitsProcessor):
             self._finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         else:
             self._finished |= torch.isin(input_ids[:, -1], self.stop_ids.to(input_ids.device))
-        scores = self.warp(scores)
+        return self.observe(self.warp(scores), ~self._finished)
+
+    def observe(self, scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Add the entropy of the distributions in `scores` [B, V] of the rows still generating (`alive` [B])."""
         probs = torch.softmax(scores.float(), dim=-1)
         entropy = -torch.special.xlogy(probs, probs).sum(-1)  # 0 * log 0 = 0 for cut tokens
-        alive = ~self._finished
         self.total += float(entropy[alive].sum())
         self.tokens += int(alive.sum())
         return scores
@@ -100,17 +102,16 @@ class HFEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B, P]
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
-        cache = self._shared_prefill(prompts, input_ids, attention)
         sample = sampling.temperature > 0
         warper = self.warper if self.warper is not None and sample else SamplingWarper(self.stop_ids, SamplingParams(1.0))
         warper.new_batch()
         if self.lean and width > 1:
-            if cache is None:
-                cache = self._prefill(input_ids[:, :-1], attention[:, :-1])
-            new = sample_tokens(self.model, input_ids, attention, cache, sampling.max_new_tokens, warper, self.stop_ids,
-                                self.pad_id, do_sample=sample)
+            cache, group = self._distinct_prefill(prompts, input_ids, attention)
+            new = sample_tokens(self.model, input_ids, attention, cache, group, sampling.max_new_tokens, warper,
+                                self.stop_ids, self.pad_id, do_sample=sample)
             self.model.train(was_training)
             return self._completions(new.tolist(), None)
+        cache = self._shared_prefill(prompts, input_ids, attention)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -175,6 +176,14 @@ class HFEngine:
         cache = self._prefill(input_ids[::repeat, :-1], attention[::repeat, :-1])  # [U, P-1]
         cache.batch_repeat_interleave(repeat)
         return cache
+
+    def _distinct_prefill(self, prompts: list[list[int]], input_ids: torch.Tensor, attention: torch.Tensor):
+        """(KV cache of all but the last token of each distinct prompt, [B] index of each row's prompt)."""
+        index: dict[tuple[int, ...], int] = {}
+        group = [index.setdefault(tuple(p), len(index)) for p in prompts]
+        first = [group.index(u) for u in range(len(index))]
+        cache = self._prefill(input_ids[first, :-1], attention[first, :-1])  # [U, P-1]
+        return cache, torch.tensor(group, device=input_ids.device)
 
     def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> DynamicCache:
         """The KV cache of left-padded prompt ids [B, P'] (positions numbered as generate() does)."""
