@@ -157,7 +157,7 @@ def settings_table(cfg) -> list[tuple[str, str, str]]:
         ("weights", "full fine-tuning (lora.enabled=false)", "no peft_config"),
         ("precision / device", f"model.dtype={cfg.model.dtype}, model.device=cpu", "bf16=False, fp16=False, use_cpu=True"),
         ("gradient checkpointing", "none", "gradient_checkpointing=False (TRL default True)"),
-        ("generation engine", "transformers generate (HFEngine)", "use_vllm=False (transformers generate)"),
+        ("generation engine", "rftkit decode loop (rollout/decode.py; HF generate for other layouts)", "use_vllm=False (transformers generate)"),
         ("grader", "answer_match", "reward fn: rftkit extract_answer, abs_tol 1e-6 (asserted = AnswerMatchGrader)"),
         ("data order", f"PromptSampler(seed={cfg.train.seed})", "same order, shuffle_dataset=False"),
         ("seed", f"train.seed={cfg.train.seed}", f"seed={t['seed']}; torch reseeded before step 1's generation in both"),

@@ -18,16 +18,15 @@ each stage's share of the summed time of those steps, so the leaf rows add up to
 steps (metric sinks, health checks, progress) is reported on its own line, outside the step.
 
 Then the last step's update batch is replayed (`--replays` times each, interleaved, median) to
-price work that could be avoided, with the same micro-batches:
-- entropy: `token_entropy` runs a second log-softmax over [B, T-1, V], prompt and padding
-  positions included, after `token_logprobs`' cross-entropy did one; priced as "no entropy" and
-  as "one shared log-softmax" (log-probs gathered from it, entropy from the same tensor);
-- the LM head and log-softmax over prompt and padding positions: "completion-only head" runs
-  the backbone, then the head only on completion positions (as TRL's fused head does);
-- old-policy log-probs: rftkit reuses `logp.detach()` when mu = 1 (no extra pass); the price of
-  the pass it avoids is shown for reference;
+price the alternatives to what rftkit does, on the same rows:
+- the padded forward: right-padded (prompt + completion) rows sorted by length, each prompt
+  forwarded once per row -- rftkit's update before the shared-prefix forward
+  (algorithms/shared_prefix.py), which forwards each distinct prompt once and only real
+  completion tokens;
 - zero-advantage rows: rftkit skips them (their gradient is exactly 0 with beta = 0); the price of
-  forwarding every row, as TRL does, is shown for reference.
+  forwarding every row, padded, as TRL does, is shown for reference;
+- old-policy log-probs: rftkit reuses `logp.detach()` when mu = 1 (no extra pass); the price of
+  the pass it avoids is shown for reference.
 `--trace PATH` runs one extra step under torch.profiler, writes a Chrome trace and prints the top
 operators; the timers appear in it as named ranges. That step is not in the table.
 """
@@ -48,17 +47,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import rftkit.algorithms.grpo_update as gu
 import rftkit.rollout.hf as hf
 import rftkit.train.loop as loop
 import rftkit.train.stages.grpo as grpo_stage
 from rftkit.algorithms.common import pack_prompt_completion, token_entropy, token_logprobs
+from rftkit.algorithms.shared_prefix import completion_logprobs as shared_logprobs
 from rftkit.algorithms.grpo import AGGREGATIONS, StepCounts, clipped_policy_loss
 from rftkit.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED = "as rftkit (shared-prefix forward, loss, backward)"
 CONFIG = ROOT / "examples" / "arithmetic" / "grpo.yaml"
 
 # (row label, key, parent key or None). Leaves (rows without children) add up to the step.
@@ -70,7 +70,7 @@ ROWS = [
     ("grade (executor.score)", "grade", None),
     ("update (grpo_update)", "update", None),
     ("  pack batch", "update.pack", "update"),
-    ("  forward (logits)", "update.forward", "update"),
+    ("  forward (logits; shared-prefix forward: + log-probs)", "update.forward", "update"),
     ("  log-probs (cross-entropy)", "update.logprobs", "update"),
     ("  loss (clipped surrogate)", "update.loss", "update"),
     ("  backward", "update.backward", "update"),
@@ -116,13 +116,15 @@ class Clock:
 def install_global_timers(clock: Clock):
     """Module-level functions `_step` and `grpo_update` look up at call time. Returns an undo function."""
     saved = [(grpo_stage, "grpo_update"), (gu, "token_logprobs"), (gu, "token_entropy"), (gu, "clipped_policy_loss"),
-             (gu, "pack_prompt_completion"), (hf, "sample_tokens"), (torch.Tensor, "backward"),
+             (gu, "pack_prompt_completion"), (gu, "shared_logprobs"), (hf, "sample_tokens"), (torch.Tensor, "backward"),
              (torch.nn.utils, "clip_grad_norm_")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in saved if hasattr(owner, name)]  # older/newer code
     grpo_stage.grpo_update = clock.wrap("update", gu.grpo_update, phase="update")
     if hasattr(hf, "sample_tokens"):
         hf.sample_tokens = clock.wrap("generate.decode", hf.sample_tokens)
     gu.token_logprobs = clock.wrap("update.logprobs", token_logprobs)
+    if hasattr(gu, "shared_logprobs"):  # the shared-prefix forward: forward and log-probs in one call
+        gu.shared_logprobs = clock.wrap("update.forward", gu.shared_logprobs)
     if hasattr(gu, "token_entropy"):  # before the entropy moved into sampling (rollout/hf.py)
         gu.token_entropy = clock.wrap("update.entropy", token_entropy)
     gu.clipped_policy_loss = clock.wrap("update.loss", clipped_policy_loss)
@@ -229,19 +231,24 @@ class ProfiledTrainer(loop.Trainer):
 # ---- counterfactual replays of the last update batch ------------------------------------------
 
 
-def update_batches(groups, pad_id: int, micro_batch_size: int, all_rows: bool, device):
-    """The micro-batches grpo_update builds (active rows, sorted by length), or every graded row."""
+def update_rows(groups, all_rows: bool):
+    """The rows grpo_update trains on (non-zero advantage), or every graded row, in group order."""
     rows, n_tokens = gu.rows_for_update(groups)
     chosen = rows if all_rows else [r for r in rows if r.advantage != 0.0]
-    chosen.sort(key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
+    counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=1)
+    return chosen, counts
+
+
+def padded_batches(rows, pad_id: int, micro_batch_size: int, device):
+    """Right-padded (prompt + completion) micro-batches, rows sorted by length (the padded forward's way)."""
+    rows = sorted(rows, key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
     out = []
-    for start in range(0, len(chosen), micro_batch_size):
-        chunk = chosen[start : start + micro_batch_size]
+    for start in range(0, len(rows), micro_batch_size):
+        chunk = rows[start : start + micro_batch_size]
         ids, att, mask = pack_prompt_completion([r.prompt_ids for r in chunk], [r.completion_ids for r in chunk], pad_id)
         adv = torch.tensor([r.advantage for r in chunk], device=device)
         out.append((ids.to(device), att.to(device), mask.to(device), adv))
-    counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=1)
-    return out, counts
+    return out
 
 
 def _loss(logp, mask, adv, counts, epsilon):
@@ -249,57 +256,39 @@ def _loss(logp, mask, adv, counts, epsilon):
     return clipped_policy_loss(logp, logp.detach(), adv, mask, epsilon, aggregate).loss
 
 
-def variant_rftkit(model, batches, counts, epsilon, entropy=hasattr(gu, "token_entropy")):
+def variant_padded(model, batches, counts, epsilon):
     for ids, att, mask, adv in batches:
-        logits = model(input_ids=ids, attention_mask=att).logits  # [B, T, V]
+        logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits  # [B, T, V]
         _loss(token_logprobs(logits, ids), mask, adv, counts, epsilon).backward()
-        if entropy:
-            with torch.no_grad():
-                (token_entropy(logits.detach()) * mask).sum().item()
 
 
-def variant_shared_log_softmax(model, batches, counts, epsilon):
-    for ids, att, mask, adv in batches:
-        logits = model(input_ids=ids, attention_mask=att).logits
-        logp_all = torch.log_softmax(logits[:, :-1].float(), -1)  # [B, T-1, V], once
-        logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+def variant_shared_prefix(model, rows, micro_batch_size: int, counts, epsilon):
+    for start in range(0, len(rows), micro_batch_size):
+        chunk = rows[start : start + micro_batch_size]
+        logp, mask = shared_logprobs(model, [r.prompt_ids for r in chunk], [r.completion_ids for r in chunk])
+        adv = torch.tensor([r.advantage for r in chunk], device=logp.device)
         _loss(logp, mask, adv, counts, epsilon).backward()
-        with torch.no_grad():
-            (-(logp_all.exp() * logp_all).sum(-1) * mask).sum().item()
-
-
-def variant_completion_only_head(model, batches, counts, epsilon):
-    for ids, att, mask, adv in batches:
-        hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1]  # [B, T-1, H]
-        keep = mask.bool()  # [B, T-1]
-        logits = model.lm_head(hidden[keep]).float()  # [N, V], completion positions only
-        logp = -F.cross_entropy(logits, ids[:, 1:][keep], reduction="none")  # [N]
-        adv_tok = adv[:, None].expand_as(mask)[keep]  # [N]
-        _loss(logp[:, None], torch.ones_like(logp)[:, None], adv_tok, counts, epsilon).backward()
-        with torch.no_grad():
-            lsm = torch.log_softmax(logits, -1)
-            (-(lsm.exp() * lsm).sum(-1)).sum().item()
 
 
 @torch.no_grad()
 def variant_old_logprobs(model, batches, counts, epsilon):
     for ids, att, mask, adv in batches:
-        token_logprobs(model(input_ids=ids, attention_mask=att).logits, ids).sum().item()
+        token_logprobs(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids).sum().item()
 
 
 def replay(trainer, n: int, sync) -> dict:
     cfg, model = trainer.cfg, trainer.model
     device = next(model.parameters()).device
-    active, counts = update_batches(trainer.last_groups, trainer.tokenizer.pad_token_id, cfg.train.micro_batch_size, False, device)
-    every, _ = update_batches(trainer.last_groups, trainer.tokenizer.pad_token_id, cfg.train.micro_batch_size, True, device)
+    mbs, pad = cfg.train.micro_batch_size, trainer.tokenizer.pad_token_id
+    active, counts = update_rows(trainer.last_groups, all_rows=False)
+    every, _ = update_rows(trainer.last_groups, all_rows=True)
+    padded, padded_every = padded_batches(active, pad, mbs, device), padded_batches(every, pad, mbs, device)
     eps = cfg.algorithm.epsilon
     variants = {
-        "as rftkit (forward, log-probs, loss, backward, entropy)": lambda: variant_rftkit(model, active, counts, eps),
-        "without the entropy metric": lambda: variant_rftkit(model, active, counts, eps, entropy=False),
-        "one shared log-softmax for log-probs and entropy": lambda: variant_shared_log_softmax(model, active, counts, eps),
-        "completion-only LM head (+ entropy)": lambda: variant_completion_only_head(model, active, counts, eps),
-        "every row, zero-advantage ones too (TRL's way)": lambda: variant_rftkit(model, every, counts, eps),
-        "old-policy log-prob pass (avoided when mu = 1)": lambda: variant_old_logprobs(model, active, counts, eps),
+        SHARED: lambda: variant_shared_prefix(model, active, mbs, counts, eps),
+        "padded forward, active rows (before the shared prefix)": lambda: variant_padded(model, padded, counts, eps),
+        "padded forward, every row (TRL's way)": lambda: variant_padded(model, padded_every, counts, eps),
+        "old-policy log-prob pass (avoided when mu = 1)": lambda: variant_old_logprobs(model, padded, counts, eps),
     }
     times = defaultdict(list)
     model.train()
@@ -313,8 +302,10 @@ def replay(trainer, n: int, sync) -> dict:
             times[name].append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"median_s": med, "all_s": dict(times), "active_rows": sum(b[0].shape[0] for b in active),
-            "rows": sum(b[0].shape[0] for b in every), "micro_batches": len(active)}
+    return {"median_s": med, "all_s": dict(times), "active_rows": len(active), "rows": len(every),
+            "micro_batches": len(padded), "padded_positions": sum(b[0].numel() for b in padded),
+            "shared_forward_tokens": sum(len(p) for p in {tuple(r.prompt_ids) for r in active})
+            + sum(len(r.completion_ids) - 1 for r in active)}
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -400,7 +391,7 @@ def main(argv=None) -> None:
     replays = None
     if args.replays and trainer.last_groups:
         replays = replay(trainer, args.replays, sync)
-        base = replays["median_s"]["as rftkit (forward, log-probs, loss, backward, entropy)"]
+        base = replays["median_s"][SHARED]
         print(f"\nreplay of the last step's update ({replays['active_rows']} active of {replays['rows']} rows, "
               f"{replays['micro_batches']} micro-batch(es), median of {args.replays}):")
         print(f"{'variant':<56} {'s':>8} {'vs rftkit':>10} {'% of step':>9}")
