@@ -26,8 +26,9 @@ Timing. Each tool runs in its own subprocess, one at a time (never concurrently:
 machine two torch processes slow each other far more than 2x), so the RSS high-water mark
 (VmHWM, which includes each library's import footprint) is per tool. `--rounds R` repeats the
 pair R times in ABBA order (rftkit first in even rounds, TRL first in odd ones) so slow drift on a
-shared machine hits both. A step is, for rftkit, `perf/time_per_step` from the run's
-metrics.jsonl (prompt sampling, generation, grading, advantages, forward/backward, clipping,
+shared machine hits both; round r runs both tools with seed `--seed` + r, so the reward curves,
+averaged over rounds, average over that many sampling seeds. A step is, for rftkit,
+`perf/time_per_step` from the run's metrics.jsonl (prompt sampling, generation, grading, advantages, forward/backward, clipping,
 optimiser step); for TRL, on_step_begin -> on_step_end of a TrainerCallback (the same work:
 generation, rewards, advantages, forward/backward, clipping, optimiser and scheduler step).
 Neither includes metric logging, which is reported separately as `iteration` time (between
@@ -401,7 +402,7 @@ def run_child(tool: str, args, log_dir: Path, round_: int) -> dict:
     result = log_dir / f"{tool}-{round_}.json"
     log = log_dir / f"{tool}-{round_}.log"
     cmd = [sys.executable, __file__, "--child", tool, "--result", str(result), "--steps", str(args.steps),
-           "--threads", str(args.threads), "--seed", str(args.seed), "--prompts-per-step", str(args.prompts_per_step),
+           "--threads", str(args.threads), "--seed", str(args.seed + round_), "--prompts-per-step", str(args.prompts_per_step),
            "--num-generations", str(args.num_generations), "--max-new-tokens", str(args.max_new_tokens)]
     for pair in args.set:
         cmd += ["--set", pair]
@@ -515,7 +516,7 @@ def report(cfg, summary: dict, chk: dict, args) -> None:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per run (step 1 is warm-up)")
-    p.add_argument("--rounds", type=int, default=1, help="rftkit/TRL pairs, ABBA order")
+    p.add_argument("--rounds", type=int, default=1, help="rftkit/TRL pairs, ABBA order; round r uses seed + r for both")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the full JSON here (e.g. docs/bench/grpo_vs_trl.json)")
