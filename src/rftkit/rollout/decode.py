@@ -133,7 +133,7 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
     input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
     DynamicCache) holds the keys and values of the distinct prompts' ids[:, :-1], and `group`
     [B] says which of them each row is; the last prompt token is the first one fed here. `warper` is rollout.hf.SamplingWarper: `warp(scores)` shapes the
-    distribution, `observe(scores, alive)` meters its entropy.
+    distribution, `observe(scores, alive)` meters its entropy and returns its probabilities.
 
     Finished rows leave the batch once they are 1/COMPACT_FRACTION of it: their compute and
     their share of the KV cache reads stop. The random numbers stay those of the full batch, drawn as
@@ -160,9 +160,9 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
             hidden = decode_layer(layer, hidden, rotary, cache, index)
         cache.length += 1
         logits = head(inner.norm(hidden[:, -1])).float()  # [b, V]
-        scores = warper.observe(warper.warp(logits), ~done)
+        scores = warper.warp(logits)
+        probs = warper.observe(scores, ~done)  # [b, V], softmax(scores)
         if do_sample:
-            probs = torch.softmax(scores, dim=-1)
             noise = torch.empty(batch, probs.shape[-1], dtype=probs.dtype, device=device).exponential_(1)  # [B, V]
             nxt = (probs / (noise if len(rows) == batch else noise[rows])).argmax(-1)  # [b]
         else:

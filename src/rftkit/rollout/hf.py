@@ -58,15 +58,19 @@ class SamplingWarper(LogitsProcessor):
             self._finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         else:
             self._finished |= torch.isin(input_ids[:, -1], self.stop_ids.to(input_ids.device))
-        return self.observe(self.warp(scores), ~self._finished)
+        scores = self.warp(scores)
+        self.observe(scores, ~self._finished)
+        return scores
 
     def observe(self, scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """Add the entropy of the distributions in `scores` [B, V] of the rows still generating (`alive` [B])."""
+        """Add the entropy of the distributions in `scores` [B, V] of the rows still generating (`alive` [B]).
+
+        Returns their probabilities (softmax of the float scores), for the sampler to draw from."""
         probs = torch.softmax(scores.float(), dim=-1)
         entropy = -torch.special.xlogy(probs, probs).sum(-1)  # 0 * log 0 = 0 for cut tokens
         self.total += float(entropy[alive].sum())
         self.tokens += int(alive.sum())
-        return scores
+        return probs
 
 
 class HFEngine:
