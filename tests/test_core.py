@@ -216,6 +216,26 @@ def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling):
         assert any(len(t) > 1 for t in lean)
 
 
+def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples(monkeypatch):
+    # The bundled model stops after ~30 tokens at different lengths, so rows leave the loop
+    # mid-way (the toy model almost never emits its stop token); the random numbers stay the
+    # full batch's, so the tokens must still be generate()'s. Prompts of different lengths,
+    # and a batch that is not a multiple of the copies per prompt (batch_size 10, n 4).
+    from rftkit.rollout import decode
+
+    model, tok = load_model("bundled:tiny-arith"), load_tokenizer("bundled:tiny-arith")
+    selected = []
+    original = decode.SplitCache.select
+    monkeypatch.setattr(decode.SplitCache, "select", lambda self, rows: (selected.append(len(rows)), original(self, rows))[1])
+    items = load_items(EXAMPLES / "val.jsonl")[:6]
+    sampling = SamplingParams(max_new_tokens=40)
+    lean = _samples(HFEngine(model, tok, batch_size=10, lean=True), items, 4, sampling)
+    reference = _samples(HFEngine(model, tok, batch_size=10, lean=False), items, 4, sampling)
+    assert lean == reference
+    assert selected, "no row ever left the batch"
+    assert len({len(t) for t in lean}) > 3  # rows really did stop at different steps
+
+
 def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
     from transformers import GPT2Config, GPT2LMHeadModel
 
