@@ -34,12 +34,15 @@ FILES = {
     ("sft", "val"): (200, 12),
     ("dpo", "train"): (2000, 21),
     ("dpo", "val"): (200, 22),
-    ("reward_model", "train"): (2000, 41),
+    ("reward_model", "train"): (36000, 41),  # many pairs: see RM_KINDS
     ("reward_model", "val"): (400, 42),
 }
 # What a reward-model pair's rejected answer gets wrong, drawn uniformly. `slip` alone (the DPO
 # pairs) is not learnt by a last-token scalar head on the tiny model (docs/LOG.md); the other
-# kinds are the consistency and format faults a preference set also holds.
+# kinds are the consistency and format faults a preference set also holds. The train file is
+# large (36k pairs, ~9k of each kind) because the head learns to check the ANSWER line against
+# the work only after ~30k fresh pairs; on 2000 pairs, repeated, it memorised them instead and
+# held-out accuracy fell (docs/LOG.md, session 4).
 RM_KINDS = ("slip", "answer_mismatch", "no_work", "no_answer_line")
 SLIPS = (-10, -2, -1, 1, 2, 10)
 
