@@ -176,3 +176,17 @@ def test_cuda_scores_match_cpu(rm_dir, hand_scores):
     grader = build_grader({"type": "reward_model", "path": str(rm_dir), "device": "cuda"})
     assert [s.reward for s in grader.grade_batch(CALLS)] == pytest.approx(hand_scores, abs=1e-4)
     assert next(grader.model().parameters()).is_cuda
+
+
+def test_loading_says_plainly_when_the_head_is_new_and_is_silent_for_a_trained_one(rm_dir, tmp_path, capfd):
+    # transformers' multi-line "LOAD REPORT ... score.weight MISSING" table is replaced by one line
+    # of ours, and only when the folder is a causal LM (the head is new by design).
+    from rftkit.train.stages.reward_model import RewardModelStage
+
+    lm = _save(tmp_path / "lm", causal=True)
+    RewardModelStage.load_model(str(lm), "float32", "cpu")
+    err = capfd.readouterr().err
+    assert "has no scalar head yet; a new one is initialised" in err and "LOAD REPORT" not in err
+    RewardModelStage.load_model(str(rm_dir), "float32", "cpu")
+    err = capfd.readouterr().err
+    assert "scalar head" not in err and "LOAD REPORT" not in err

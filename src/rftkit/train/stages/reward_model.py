@@ -12,7 +12,9 @@ learnt, so the final model stores the mean score of its training answers as
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 
 import torch
 
@@ -34,9 +36,24 @@ class RewardModelStage(OfflineStage):
 
         from rftkit.models import _quiet_transformers, load_tokenizer, resolve_model_path
 
+        from transformers.utils import logging as hf_logging
+
         _quiet_transformers()
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=1, dtype=torch_dtype)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report flags the head a causal LM lacks; we say it plainly below
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(path), num_labels=1, dtype=torch_dtype, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = info.get("missing_keys") or []
+        body = sorted(k for k in missing if not k.startswith("score."))
+        if body:
+            warnings.warn(f"{path}: {len(body)} weights not in the checkpoint were initialised randomly: {', '.join(body[:5])}",
+                          stacklevel=2)
+        elif missing:
+            print(f"reward model: {path} has no scalar head yet; a new one is initialised", file=sys.stderr)
         if model.config.pad_token_id is None:  # scoring never relies on it; set for anyone calling the model directly
             model.config.pad_token_id = load_tokenizer(path).pad_token_id
         return model.to(device)
