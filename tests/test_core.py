@@ -163,8 +163,9 @@ def test_shared_prefill_gives_the_same_samples_as_a_full_prefill(toy, monkeypatc
     model, tok = toy
     items = load_items(EXAMPLES / "val.jsonl")[:5]
     engine = HFEngine(model, tok, batch_size=64, return_logprobs=True)
-    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 3, *([torch.ones(6, 3, dtype=torch.long)] * 2)) is not None
-    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 2, *([torch.ones(5, 3, dtype=torch.long)] * 2)) is None
+    ones = torch.ones(5, 3, dtype=torch.long)
+    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 2, ones, ones) is not None  # runs of any length share
+    assert engine._shared_prefill([[5, 6, 7], [5, 6], [7], [6], [5]], ones, ones) is None  # nothing to share
     runs = []
     for share in (True, False):
         if not share:

@@ -2,9 +2,11 @@
 
 All n copies of every prompt are generated together (left-padded, since the model is a
 decoder) in chunks of `batch_size` rows to bound memory. The n copies share one prefill:
-the prompt is run once and its KV cache repeated n times, so the prompt costs 1/n of
-what it would (measured: generation ~20% faster at 8 generations, tokens identical). Completions are cut at the first
-end-of-turn token, which is kept in `token_ids` so training teaches the model to stop.
+each distinct prompt is run once, so the prompt costs 1/n of what it would (measured:
+generation ~20% faster at 8 generations, tokens identical). Our decode loop
+(rollout/decode.py) keeps that cache once per prompt; for generate() it is copied per row.
+Completions are cut at the first end-of-turn token, which is kept in `token_ids` so
+training teaches the model to stop.
 """
 
 from __future__ import annotations
@@ -162,23 +164,15 @@ class HFEngine:
         return result
 
     def _shared_prefill(self, prompts: list[list[int]], input_ids: torch.Tensor, attention: torch.Tensor):
-        """The KV cache of all but the last prompt token, computed once per distinct prompt.
+        """For generate(): the KV cache of all but the last prompt token, per row, computed once per distinct prompt.
 
-        Rows come as runs of identical prompts (the n copies); when every run has the same
-        length r > 1, the distinct prompts are run once and the cache repeated r times, and
-        generate() then only feeds the last prompt token. Otherwise (None) generate() prefills.
+        generate() then only feeds the last prompt token. None (generate() prefills) when no
+        prompt repeats, as there is nothing to share.
         """
-        runs = [1]
-        for prev, cur in zip(prompts, prompts[1:]):
-            if cur == prev:
-                runs[-1] += 1
-            else:
-                runs.append(1)
-        repeat = runs[0]
-        if repeat < 2 or any(r != repeat for r in runs) or input_ids.shape[1] < 2:
+        if len(set(map(tuple, prompts))) == len(prompts) or input_ids.shape[1] < 2:
             return None
-        cache = self._prefill(input_ids[::repeat, :-1], attention[::repeat, :-1])  # [U, P-1]
-        cache.batch_repeat_interleave(repeat)
+        cache, group = self._distinct_prefill(prompts, input_ids, attention)
+        cache.reorder_cache(group)  # [U, P-1] -> [B, P-1]: row r gets its prompt's keys and values
         return cache
 
     def _distinct_prefill(self, prompts: list[list[int]], input_ids: torch.Tensor, attention: torch.Tensor):
