@@ -8,7 +8,9 @@ normaliser, which keeps the update identical to processing every row. The policy
 entropy is measured while sampling (rollout/hf.py), so no second softmax runs here.
 
 Log-probs are those of the distribution sampled from: logits / temperature, as the
-sampler draws them (at temperature 1 the division is exact and changes nothing).
+sampler draws them (at temperature 1 the division is exact and changes nothing). For
+Llama-layout models they come from the shared-prefix forward (algorithms/shared_prefix.py):
+each distinct prompt forwarded once, no padding in the matmuls, the same values.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
+from rftkit.algorithms.grpo import AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss
 from rftkit.algorithms.shared_prefix import completion_logprobs as shared_logprobs
 from rftkit.algorithms.shared_prefix import usable
-from rftkit.algorithms.grpo import AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss
 from rftkit.types import Completion, Group
 
 
