@@ -3,18 +3,19 @@
 `transformers`' generate() spends most of a small model's decode step outside the model:
 it grows the KV cache by concatenation (a copy of the whole cache per layer per token),
 rebuilds the attention mask, re-runs input preparation, logits processors and stopping
-criteria. Here the cache is allocated once for prompt + max_new_tokens and each token's
-keys and values are written into their slot; the mask is a view of one preallocated row
-mask; the model's own decoder layers, norms, rotary embedding and head do the maths, so
-LoRA adapters and architecture details (biases, GQA) are whatever the model says.
+criteria. Here the prompts' keys and values stay as the prefill left them, one copy per
+distinct prompt, and each row's own tokens go into slots allocated once for max_new_tokens
+(`SplitCache`); the model's own projections, norms, rotary embedding, MLPs and head do the
+maths, so LoRA adapters and architecture details (biases, GQA) are whatever the model says.
 
 One piece of each layer is done here rather than by the model: attention for the single
 new query. PyTorch's fused CPU attention costs ~1.4 ms per call at this shape (a kernel
-built for long queries), 31% of a tiny model's generation; two small matmuls and a softmax
-over the grouped heads do the same maths without repeating keys and values for GQA.
+built for long queries), 31% of a tiny model's generation; small matmuls and a softmax over
+the grouped heads do the same maths without repeating keys and values for GQA, and the rows
+of one prompt read its keys together, once.
 
-Sampling draws as generate() does (softmax, then one `torch.multinomial` per step over the
-batch), so the same seed gives the same tokens up to float rounding (tested against
+Sampling draws as generate() does (softmax, then torch.multinomial's Exp(1) noise over the
+whole batch), so the same seed gives the same tokens up to float rounding (tested against
 generate()). Models this loop does not recognise go through generate() (`supports`).
 """
 
@@ -112,15 +113,15 @@ def decode_layer(layer, hidden: torch.Tensor, rotary, cache: SplitCache, index: 
     cache.values[index][:, :, cache.length : end] = v
     own_keys, own_values = cache.keys[index][:, :, :end], cache.values[index][:, :, :end]  # [b, Hkv, n, D]
     heads, kv_heads = q.shape[1], k.shape[1]
-    group = heads // kv_heads
-    q = q.reshape(batch, kv_heads, group, d)  # query heads grouped by the kv head they read
+    per_kv = heads // kv_heads
+    q = q.reshape(batch, kv_heads, per_kv, d)  # query heads grouped by the kv head they read
     prompt_keys, prompt_values = cache.prefix_keys[index], cache.prefix_values[index]  # [U, Hkv, P, D]
-    prompt_scores = cache.by_row(cache.by_prompt(q) @ prompt_keys.transpose(-1, -2), group)  # [b, Hkv, R, P]
+    prompt_scores = cache.by_row(cache.by_prompt(q) @ prompt_keys.transpose(-1, -2), per_kv)  # [b, Hkv, R, P]
     prompt_scores = prompt_scores.masked_fill(~cache.row_mask, float("-inf"))
     scores = torch.cat([prompt_scores, q @ own_keys.transpose(-1, -2)], dim=-1) * attn.scaling  # [b, Hkv, R, P + n]
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     width = prompt_keys.shape[2]
-    out = cache.by_row(cache.by_prompt(probs[..., :width]) @ prompt_values, group) + probs[..., width:] @ own_values
+    out = cache.by_row(cache.by_prompt(probs[..., :width]) @ prompt_values, per_kv) + probs[..., width:] @ own_values
     hidden = hidden + attn.o_proj(out.reshape(batch, 1, heads * d))
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
@@ -132,13 +133,14 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
 
     input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
     DynamicCache) holds the keys and values of the distinct prompts' ids[:, :-1], and `group`
-    [B] says which of them each row is; the last prompt token is the first one fed here. `warper` is rollout.hf.SamplingWarper: `warp(scores)` shapes the
-    distribution, `observe(scores, alive)` meters its entropy and returns its probabilities.
+    [B] says which of them each row is; the last prompt token is the first one fed here.
+    `warper` is rollout.hf.SamplingWarper: `warp(scores)` shapes the distribution,
+    `observe(scores, alive)` meters its entropy and returns its probabilities.
 
     Finished rows leave the batch once they are 1/COMPACT_FRACTION of it: their compute and
-    their share of the KV cache reads stop. The random numbers stay those of the full batch, drawn as
-    torch.multinomial draws them (one Exp(1) per row and vocabulary entry, argmax of p / q),
-    so the tokens are still those of generate() with the same seed.
+    their share of the KV cache reads stop. The random numbers stay those of the full batch,
+    drawn as torch.multinomial draws them (one Exp(1) per row and vocabulary entry, argmax of
+    p / q), so the tokens are still those of generate() with the same seed.
     """
     inner, head = decoder_parts(model)
     batch, width = input_ids.shape
