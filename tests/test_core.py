@@ -192,10 +192,21 @@ def _qwen2(tok):
     return Qwen2ForCausalLM(cfg).eval()  # q/k/v biases and grouped-query attention, unlike the toy Llama
 
 
+@pytest.fixture(params=["c-kernel", "pytorch"])
+def attention_kernel(request, monkeypatch):
+    """Run the decode loop with its C attention kernel (rftkit/native), then with its PyTorch path."""
+    from rftkit import native
+
+    if request.param == "pytorch":
+        native.available()
+        monkeypatch.setattr(native, "_library", None)
+    return request.param
+
+
 @pytest.mark.parametrize("arch", ["llama", "llama-lora", "qwen2"])
 @pytest.mark.parametrize("sampling", [SamplingParams(max_new_tokens=12), SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12),
                                       SamplingParams(temperature=0.0, max_new_tokens=12)], ids=["t1", "warped", "greedy"])
-def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling):
+def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling, attention_kernel):
     from rftkit.models import apply_lora
     from rftkit.rollout.decode import supports
 
@@ -217,7 +228,7 @@ def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling):
         assert any(len(t) > 1 for t in lean)
 
 
-def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples(monkeypatch):
+def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples(monkeypatch, attention_kernel):
     # The bundled model stops after ~30 tokens at different lengths, so rows leave the loop
     # mid-way (the toy model almost never emits its stop token); the random numbers stay the
     # full batch's, so the tokens must still be generate()'s. Prompts of different lengths,
