@@ -88,7 +88,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        log.debug("native kernel: no C compiler found; using the PyTorch path")
+        log.info("native kernel: no C compiler found; CPU decoding uses the PyTorch attention path")
         return None
     try:
         path = _build(compiler)
@@ -96,7 +96,7 @@ def _load() -> ctypes.CDLL | None:
             return None
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("native kernel unavailable: %s", exc)
+        log.info("native kernel unavailable (%s); CPU decoding uses the PyTorch attention path", exc)
         return None
     fn = lib.rft_decode_attention
     fn.restype = ctypes.c_int
