@@ -1,13 +1,14 @@
 """The small dataclasses every stage passes around (vocabulary of DESIGN.md).
 
-rollout produces `Group`s of `Completion`s for an `Item`; grading attaches a `Score` to
-each completion; the advantage step fills `Completion.advantage` and never touches
-`Score.reward`, so logs always show what the grader said.
+rollout produces `Group`s of `Completion`s for an `Item`; grading returns a `Score` per
+completion, which the step attaches with `Group.scored` (a new Group: nothing is written in
+place); advantages are a tensor of their own in the step, so `Score.reward` always says what
+the grader said.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -45,15 +46,25 @@ class Score:
 
 @dataclass
 class Completion:
-    """One generated answer. Token ids exclude the prompt and any padding."""
+    """One generated answer (or a multi-turn trajectory). Token ids exclude the prompt and any padding."""
 
     text: str
     token_ids: list[int]
-    logprobs: list[float]  # sampling-time log-probs of token_ids (under the sampling distribution)
+    logprobs: list[float]  # sampling-time log-probs of token_ids (under the sampling distribution); may be empty
     finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
     score: Score | None = None
-    advantage: float = 0.0
-    old_logp: Any = field(default=None, repr=False)  # [len(token_ids)] tensor during a mu > 1 or KL-penalty step
+    # 1 where the policy sampled the token (trained on), 0 where it did not (a tool's output in a
+    # multi-turn trajectory); None means all ones, the single-turn case
+    loss_mask: list[int] | None = None
+    entropy: float = float("nan")  # sampling distribution's entropy summed over this completion's tokens
+    version: int = 0  # the policy version that sampled it (staleness = learner version - version)
+
+    def mask(self) -> list[int]:
+        """The per-token loss mask, all ones unless the engine or environment said otherwise."""
+        return [1] * len(self.token_ids) if self.loss_mask is None else self.loss_mask
+
+    def with_score(self, score: Score) -> Completion:
+        return replace(self, score=score)
 
 
 @dataclass
@@ -67,3 +78,8 @@ class Group:
     @property
     def rewards(self) -> list[float | None]:
         return [c.score.reward if c.score else None for c in self.completions]
+
+    def scored(self, scores: list[Score]) -> Group:
+        """This group with `scores` (one per completion, in order) attached: a new Group."""
+        assert len(scores) == len(self.completions), f"{len(scores)} scores for {len(self.completions)} completions"
+        return replace(self, completions=[c.with_score(s) for c, s in zip(self.completions, scores)])

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from rftkit.algorithms.sft import sft_loss
+
 
 def prompt_groups(prompts: list) -> torch.Tensor:
     """Index of each row's prompt (equal prompts share an index, first seen = 0). [N] long."""
@@ -99,5 +101,4 @@ def asft_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
     num_tokens defaults to this batch's answer tokens (then weights of 1 give `sft_loss`);
     pass the whole step's count so that micro-batch losses add up to the step's.
     """
-    denom = mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens
-    return -(weights[:, None] * logprobs * mask).sum() / denom
+    return sft_loss(logprobs, mask * weights[:, None], mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens)

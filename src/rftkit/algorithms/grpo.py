@@ -112,8 +112,17 @@ def kl_reward_penalty(
     log-probs at sampling time. Apply before the advantages; a failed grading (NaN) stays NaN.
     Summed, not averaged: the penalty is the sequence's log-ratio, as in PPO-RLHF.
     """
-    kl = (kl_estimator(logp, ref_logp) * mask).sum(-1)  # [...]
-    return rewards - beta * kl
+    return rewards - beta * sequence_kl(logp, ref_logp, mask, kl_estimator)
+
+
+def sequence_kl(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k1,
+) -> torch.Tensor:
+    """Per-token KL estimates summed over each sequence's masked tokens: [..., T] -> [...]."""
+    return (kl_estimator(logp, ref_logp) * mask).sum(-1)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int) -> torch.Tensor:

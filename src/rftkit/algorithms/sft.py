@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
+from rftkit.models.batching import pack_prompt_completion, token_logprobs
 
 
-def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over masked tokens. logprobs, mask: [B, T]."""
-    return -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood over masked tokens: -sum(logp * mask) / num_tokens. logprobs, mask: [B, T].
+
+    `mask` may weigh tokens (A-SFT: each answer's weight on its tokens). num_tokens defaults to
+    the mask's sum; pass the whole step's answer-token count so micro-batch losses add up to the step's.
+    """
+    denom = mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens
+    return -(logprobs * mask).sum() / denom
 
 
 def sft_step_loss(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -116,7 +121,7 @@ def sft_pairs_loss(model, pairs, micro_batch_size: int, packing: bool, pack_leng
         input_ids, target_weights = input_ids.to(device), target_weights.to(device)
         logits = model(input_ids=input_ids, attention_mask=None if attention is None else attention.to(device),
                        position_ids=None if positions is None else positions.to(device), use_cache=False).logits
-        loss = -(token_logprobs(logits, input_ids) * target_weights).sum() / n_tokens
+        loss = sft_loss(token_logprobs(logits, input_ids), target_weights, n_tokens)
         if backward:
             loss.backward()
         total += float(loss.detach())

@@ -11,7 +11,7 @@ So the verdict rests on the shares of prompts that are all-fail, all-pass and mi
 
 from __future__ import annotations
 
-from rftkit.eval.passk import evaluate_groups
+from rftkit.metrics.passk import evaluate_groups
 from rftkit.types import Group
 
 MIN_ANY_SUCCESS = 0.2

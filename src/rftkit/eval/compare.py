@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rftkit.eval.passk import pass_at_k
+from rftkit.metrics.passk import pass_at_k
 from rftkit.types import Group
 
 

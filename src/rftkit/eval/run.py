@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from rftkit.data import load_items
-from rftkit.eval.passk import evaluate_groups
 from rftkit.graders import build_grader, check_grader_items
-from rftkit.graders.executor import GraderExecutor
+from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.metrics import evaluate_groups
 from rftkit.models import load_model, load_tokenizer
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
@@ -35,10 +35,12 @@ def sample_and_grade(
     torch.manual_seed(seed)
     engine = HFEngine(load_model(model, device=device), load_tokenizer(model), batch_size=batch_size)
     groups = engine.generate(items, samples, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
-    executor = GraderExecutor(grader)
-    executor.score(groups)
-    executor.close()
-    return groups
+    executor = ThreadGraderExecutor(grader)
+    try:
+        scores, _ = executor.score(groups)
+    finally:
+        executor.close()
+    return [g.scored(s) for g, s in zip(groups, scores)]
 
 
 def write_json(result: dict, out: str | Path | None) -> None:

@@ -36,7 +36,12 @@ from typing import Any, Protocol
 import yaml
 
 from rftkit.errors import ConfigError, UserError
-from rftkit.types import Item, Score
+from rftkit.types import Group, Item, Score
+
+
+# Error flags of failed Scores the executor makes itself (a grader's own flags are its own)
+TIMEOUT_ERROR = "unresponsive_reward_error"  # no answer within the call's deadline or the step's budget
+RUNTIME_ERROR = "python_grader_runtime_error"  # the grader raised, or returned something that is not a Score
 
 
 class Grader(Protocol):
@@ -44,6 +49,17 @@ class Grader(Protocol):
     needs_reference: bool
 
     def grade(self, item: Item, text: str) -> Score: ...
+
+
+class GraderExecutor(Protocol):
+    """Grades a step's rollouts: the thread-pool executor (graders/executor.py) or a Ray-backed one.
+
+    Returns the results (a Score per completion, per group, in order, and the step's counts);
+    it writes nothing into the groups."""
+
+    def score(self, groups: list[Group]) -> tuple[list[list[Score]], Any]: ...
+
+    def close(self) -> None: ...
 
 
 # type -> "module:Class" below rftkit.graders, imported on first use (so a spec that never

@@ -35,12 +35,12 @@ import re
 from typing import Any
 
 from rftkit.graders import sandbox
+from rftkit.graders.base import RUNTIME_ERROR
 from rftkit.types import Item, Score
 
 MODES = ("auto", "check", "io")
 EXTRACTORS = ("last_code_block", "whole_text")
 INVALID_ITEM = "invalid_variable_error"
-RUNTIME_ERROR = "python_grader_runtime_error"
 FENCE_RE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 PYTHON_TAGS = ("python", "py", "python3")
 

@@ -1,7 +1,7 @@
 """Run a grader over a step's rollouts with deadlines, so a bad grader costs samples, not the run.
 
 The executor grades the *leaves* of the grader tree (a `multi` grader's children, or the
-grader itself) and combines them bottom-up. Each leaf has its own lane: a pool of
+grader itself) and combines them bottom-up (graders/tree.py). Each leaf has its own lane: a pool of
 `leaf.concurrency` threads (default `workers`), so a slow HTTP judge cannot starve a fast
 string check. A leaf with `grade_batch` gets up to `leaf.batch_size` samples per call.
 
@@ -16,18 +16,15 @@ sandboxed worker processes that are killed at the deadline (sandbox.py).
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rftkit.graders.base import Grader
+from rftkit.graders.base import RUNTIME_ERROR, TIMEOUT_ERROR, Grader
+from rftkit.graders.tree import checked, combine, leaves
 from rftkit.types import Group, Item, Score
-
-TIMEOUT_ERROR = "unresponsive_reward_error"
-RUNTIME_ERROR = "python_grader_runtime_error"
 
 
 @dataclass
@@ -96,26 +93,12 @@ def _drain(jobs: queue.Queue) -> None:
             return
 
 
-def _leaves(grader: Grader) -> list[Grader]:
-    children = getattr(grader, "children", None)
-    if not children:
-        return [grader]
-    return [leaf for child in children.values() for leaf in _leaves(child)]
+class ThreadGraderExecutor:
+    """The local GraderExecutor: a lane of threads per leaf grader, deadlines per call, a budget per step."""
 
-
-def _checked(score: Any) -> Score:
-    """A leaf's answer as a Score, or a failed one saying what was wrong with it."""
-    if not isinstance(score, Score):
-        return Score.failed(f"{RUNTIME_ERROR}: grader returned {type(score).__name__}, not a Score")
-    if score.reward is not None and not math.isfinite(score.reward):
-        return Score.failed(f"{RUNTIME_ERROR}: grader returned reward {score.reward}")
-    return score
-
-
-class GraderExecutor:
     def __init__(self, grader: Grader, timeout_s: float = 10.0, step_budget_s: float = 300.0, workers: int = 4):
         self.grader, self.timeout_s, self.step_budget_s, self.workers = grader, timeout_s, step_budget_s, workers
-        self.leaves = _leaves(grader)
+        self.leaves = leaves(grader)
         self._lanes = [self._new_lane(leaf) for leaf in self.leaves]
 
     def _new_lane(self, leaf: Grader) -> _Lane:
@@ -169,7 +152,7 @@ class GraderExecutor:
                 leaf_scores[job.leaf][i] = score
         for lane in self._lanes:  # jobs the step budget cut off before they started are dropped
             _drain(lane.jobs)
-        scores = [self._combine(self.grader, calls[i], iter([s[i] for s in leaf_scores])) for i in range(len(calls))]
+        scores = [combine(self.grader, calls[i], iter([s[i] for s in leaf_scores])) for i in range(len(calls))]
         injected_after = self._injected()
         return scores, GradingStats(
             errors=sum(s.reward is None for s in scores),
@@ -183,33 +166,23 @@ class GraderExecutor:
         if error is not None:
             return [Score.failed(error) for _ in job.indices]
         if len(job.indices) == 1 and not isinstance(answer, list):
-            return [_checked(answer)]
+            return [checked(answer)]
         if not isinstance(answer, list) or len(answer) != len(job.indices):
             got = f"{len(answer)} scores" if isinstance(answer, list) else type(answer).__name__
             return [Score.failed(f"{RUNTIME_ERROR}: grade_batch returned {got} for {len(job.indices)} samples")
                     for _ in job.indices]
-        return [_checked(a) for a in answer]
+        return [checked(a) for a in answer]
 
-    def _combine(self, node: Grader, call: tuple[Item, str], leaf_scores) -> Score:
-        """The node's Score for one sample, consuming its leaves' scores in `_leaves` order."""
-        children = getattr(node, "children", None)
-        if not children:
-            return next(leaf_scores)
-        child_scores = {name: self._combine(child, call, leaf_scores) for name, child in children.items()}
-        try:
-            score = _checked(node.combine(call[0], call[1], child_scores))
-        except Exception as exc:  # noqa: BLE001
-            score = Score.failed(f"{RUNTIME_ERROR}: combining {getattr(node, 'name', 'grader')}: {exc}")
-        score.latency_s = max(s.latency_s for s in child_scores.values())
-        return score
+    def score(self, groups: list[Group]) -> tuple[list[list[Score]], GradingStats]:
+        """A Score for every completion of `groups` (per group, in order) and the step's counts.
 
-    def score(self, groups: list[Group]) -> GradingStats:
-        """Attach a Score to every completion of `groups` (in place) and return the step's counts."""
-        completions = [c for g in groups for c in g.completions]
+        Nothing is written into the groups: `[g.scored(s) for g, s in zip(groups, scores)]` attaches them."""
         scores, stats = self.grade_calls([(g.item, c.text) for g in groups for c in g.completions])
-        for completion, score in zip(completions, scores):
-            completion.score = score
-        return stats
+        per_group, start = [], 0
+        for g in groups:
+            per_group.append(scores[start : start + len(g.completions)])
+            start += len(g.completions)
+        return per_group, stats
 
     def _injected(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -226,5 +199,3 @@ class GraderExecutor:
             if hasattr(node, "close"):
                 node.close()
 
-
-ThreadGraderExecutor = GraderExecutor  # the name the first release used

@@ -21,8 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rftkit.graders.base import Grader, build_grader
-from rftkit.graders.executor import RUNTIME_ERROR
+from rftkit.graders.base import RUNTIME_ERROR, Grader, build_grader
 from rftkit.graders.formula import NAME_RE, FormulaError, parse
 from rftkit.graders.openai import check_name
 from rftkit.types import Item, Score

@@ -27,11 +27,10 @@ import json
 from typing import Any
 
 from rftkit.graders import sandbox
+from rftkit.graders.base import RUNTIME_ERROR, TIMEOUT_ERROR
 from rftkit.graders.template import item_dict, sample_of
 from rftkit.types import Item, Score
 
-RUNTIME_ERROR = "python_grader_runtime_error"
-TIMEOUT_ERROR = "unresponsive_reward_error"
 
 
 def check_source(source: Any, field: str = "source") -> None:

@@ -43,9 +43,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from rftkit.graders.base import RUNTIME_ERROR
 from rftkit.types import Item, Score
 
-RUNTIME_ERROR = "python_grader_runtime_error"
 NOT_APPLICABLE = "reward_not_applicable"
 RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")
 

@@ -43,64 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from rftkit.errors import UserError
+from rftkit.models.reward import backbone_and_head, conversation_ids, load_reward_model, score_pairs
 from rftkit.types import Item, Score
 
 NORMALIZE = ("none", "sigmoid")
 _FIX = ("a reward-model folder holds an AutoModelForSequenceClassification with num_labels=1 and its tokenizer "
         "(the final/ folder of an `algorithm: reward_model` run, or model.save_pretrained(d); "
         "tokenizer.save_pretrained(d))")
-
-
-def conversation_ids(tokenizer, messages: list[dict], answer: str) -> list[int]:
-    """Token ids a reward model scores: chat-template prompt, then answer + eos (as `sft_example`)."""
-    from rftkit.models import sft_example
-
-    prompt, answer_ids = sft_example(tokenizer, messages, answer)
-    return prompt + answer_ids
-
-
-def backbone_and_head(model) -> tuple[Any, Any]:
-    """(transformer body, `score` head) of a decoder sequence-classification model (peft-wrapped or not).
-
-    ValueError when the model has no such pair (encoder models pool their first token with a
-    `classifier` head: a last-token score would be wrong for them).
-    """
-    if hasattr(model, "get_base_model"):  # a PeftModel: its injected LoRA layers live in the base model
-        model = model.get_base_model()
-    head = getattr(model, "score", None)
-    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if head is None or body is None or body is model or not hasattr(head, "weight"):
-        prefix = getattr(model, "base_model_prefix", "?")
-        raise ValueError(f"{type(model).__name__} has no `score` head over a `{prefix}` body; rftkit reward models "
-                         "are decoder models scored at their last token (LlamaForSequenceClassification, "
-                         "Qwen2ForSequenceClassification, ...)")
-    return body, head
-
-
-def score_pairs(model, token_id_lists: list[list[int]], pad_id: int, max_length: int | None = None):
-    """The scalar score of each sequence: the `score` head at its last real token. -> tensor [B]
-
-    Rows are right-padded with `pad_id` (any valid id: the last real position comes from each
-    row's length, never from comparing ids with the pad id) and masked. A row longer than
-    `max_length` keeps its last `max_length` tokens. No `no_grad` here: a training stage
-    takes gradients through it; the grader wraps it in `inference_mode`.
-    """
-    import torch
-
-    rows = [list(ids)[-max_length:] if max_length else list(ids) for ids in token_id_lists]
-    if not rows or not all(rows):
-        raise ValueError("score_pairs: needs at least one sequence, and no empty sequence (it has no last token)")
-    body, head = backbone_and_head(model)
-    device = head.weight.device
-    lengths = torch.tensor([len(r) for r in rows], device=device)  # [B]
-    input_ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long, device=device)  # [B, T]
-    attention_mask = torch.zeros_like(input_ids)  # [B, T]
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, :len(row)] = 1
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
-    last = hidden[torch.arange(len(rows), device=device), lengths - 1]  # [B, H]
-    return head(last).squeeze(-1).float()  # [B]
 
 
 def _positive_int(value: Any, field: str) -> int:
@@ -207,17 +156,7 @@ class RewardModelGrader:
     def model(self):
         """The model, loaded on first use (call with the lock held)."""
         if self._model is None:
-            from transformers import AutoModelForSequenceClassification
-
-            from rftkit.models import _quiet_transformers
-
-            _quiet_transformers()
-            model = AutoModelForSequenceClassification.from_pretrained(self.path)
-            # HF's own batched forward refuses to run without a pad id; set it for callers of
-            # the model. Our scores never use it (score_pairs finds the last token by length).
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = self.tokenizer.pad_token_id
-            self._model = model.to(self.device).eval()
+            self._model = load_reward_model(self.path, device=self.device, tokenizer=self.tokenizer).eval()
         return self._model
 
     def grade(self, item: Item, text: str) -> Score:

@@ -20,7 +20,7 @@ import yaml
 from rftkit.data.items import item_from_row
 from rftkit.errors import ConfigError, UserError
 from rftkit.graders.base import Grader, build_grader, grader_problems, load_grader_spec
-from rftkit.graders.executor import GraderExecutor
+from rftkit.graders.executor import ThreadGraderExecutor
 from rftkit.types import Item
 
 
@@ -70,7 +70,7 @@ def run(path: str, item: Item, output: str, timeout_s: float = 30.0) -> dict[str
     problems = grader_problems(grader, item, path)
     if problems:
         raise ConfigError("the grader does not fit this item:\n  " + "\n  ".join(problems))
-    executor = GraderExecutor(grader, timeout_s=timeout_s, step_budget_s=timeout_s * 4)
+    executor = ThreadGraderExecutor(grader, timeout_s=timeout_s, step_budget_s=timeout_s * 4)
     try:
         (score,), _ = executor.grade_calls([(item, output)])
     finally:

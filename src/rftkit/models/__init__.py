@@ -16,6 +16,7 @@ from rftkit.errors import UserError
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_PREFIX = "bundled:"
 DEFAULT_MODEL = "bundled:tiny-arith"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(spec: str) -> str:
@@ -39,7 +40,7 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct; needs network or a local cache
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """transformers' per-file "Loading weights"/"Writing shards" bars would interleave with ours."""
     from transformers.utils import logging as hf_logging
 
@@ -60,8 +61,8 @@ def load_tokenizer(spec: str):
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    quiet_transformers()
+    torch_dtype = DTYPES[dtype]
     path = resolve_model_path(spec)
     if (Path(path) / "adapter_config.json").exists():  # a LoRA run's final folder: base + adapter, merged
         from peft import AutoPeftModelForCausalLM

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rftkit.errors import UserError
 from rftkit.report.svg import PALETTE, Band, Bars, Series, bar_chart, fmt, line_chart
-from rftkit.train.health import check_health
+from rftkit.metrics.health import check_health
 
 SAMPLE_ROWS = 6  # rollouts shown per table (early, late): enough to see the change, short enough to read
 TEXT_LIMIT = 2000  # characters of a prompt/completion shown; the rest is in samples.jsonl

@@ -17,6 +17,15 @@ class SamplingParams:
 
 
 class Engine(Protocol):
+    """Produces Completions. The loop calls `update_weights` after every policy update, even when
+    the engine shares the policy's module (the local engine), so an engine in another process
+    or on another device (Ray, vLLM) drops in without the loop changing."""
+
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
-        """n completions for each item, in item order."""
+        """n completions for each item, in item order; each carries its tokens' summed sampling
+        entropy and the `version` of the weights that sampled it."""
+        ...
+
+    def update_weights(self, state_or_policy, version: int) -> None:
+        """Sample with these weights from now on: a state dict, or a policy whose weights to read."""
         ...

@@ -29,29 +29,9 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from rftkit import native
+from rftkit.models.layout import decoder_parts
 
-_LAYOUT = ("embed_tokens", "layers", "norm", "rotary_emb")
 COMPACT_FRACTION = 8  # finished rows leave the batch once they are at least 1/8 of it
-
-
-def decoder_parts(model):
-    """(inner model with embed_tokens/layers/norm/rotary_emb, lm_head), or None when the layout differs."""
-    if hasattr(model, "get_base_model"):  # peft: the LoRA layers live inside the base model's modules
-        model = model.get_base_model()
-    inner, head = getattr(model, "model", None), getattr(model, "lm_head", None)
-    if inner is None or head is None or not all(hasattr(inner, name) for name in _LAYOUT):
-        return None
-    return inner, head
-
-
-def supports(model) -> bool:
-    """True for full-attention decoders with the Llama layout (no sliding window, no hybrid layers, no q/k norms)."""
-    cfg = model.config
-    if decoder_parts(model) is None or getattr(cfg, "is_encoder_decoder", False):
-        return False
-    if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
-        return False
-    return cfg.model_type in ("llama", "qwen2", "mistral")
 
 
 class SplitCache:
@@ -173,7 +153,7 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
     DynamicCache) holds the keys and values of the distinct prompts' ids[:, :-1], and `group`
     [B] says which of them each row is; the last prompt token is the first one fed here.
     `warper` is rollout.hf.SamplingWarper: `warp(scores)` shapes the distribution,
-    `observe(scores, alive)` meters its entropy and returns its probabilities.
+    `observe(scores, alive, rows)` meters its entropy per row and returns its probabilities.
 
     Finished rows leave the batch once they are 1/COMPACT_FRACTION of it: their compute and
     their share of the KV cache reads stop. The random numbers stay those of the full batch,
@@ -201,7 +181,7 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
         cache.length += 1
         logits = head(inner.norm(hidden[:, -1])).float()  # [b, V]
         scores = warper.warp(logits)
-        probs = warper.observe(scores, ~done)  # [b, V], softmax(scores)
+        probs = warper.observe(scores, ~done, rows)  # [b, V], softmax(scores)
         if do_sample:
             noise = torch.empty(batch, probs.shape[-1], dtype=probs.dtype, device=device).exponential_(1)  # [B, V]
             nxt = (probs / (noise if len(rows) == batch else noise[rows])).argmax(-1)  # [b]

@@ -15,8 +15,9 @@ import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from rftkit.models import prompt_ids, stop_token_ids
+from rftkit.models.layout import supports
 from rftkit.rollout.base import SamplingParams
-from rftkit.rollout.decode import sample_tokens, supports
+from rftkit.rollout.decode import sample_tokens
 from rftkit.types import Completion, Group, Item
 
 
@@ -27,19 +28,19 @@ class SamplingWarper(LogitsProcessor):
     see untempered logits. Doing the warping here (and passing generate temperature 1,
     top-k 0, top-p 1) puts the distribution tokens are drawn from in one place: this
     processor returns exactly the scores sampled from, and sums their entropy at every
-    generated token of unfinished rows (every row, not only the rows the update trains
-    on). It draws no random numbers, so seeded sampling is unchanged.
+    generated token of unfinished rows, per row (`row_entropy`: every row, not only the rows
+    the update trains on). It draws no random numbers, so seeded sampling is unchanged.
     """
 
     def __init__(self, stop_ids: list[int], sampling: SamplingParams):
         self.stop_ids = torch.tensor(stop_ids)
         self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
-        self.total, self.tokens = 0.0, 0
+        self.row_entropy: torch.Tensor | None = None  # [B] summed entropy of each row of the current batch
         self._finished: torch.Tensor | None = None
-        self._prompt_width = 0
 
-    def new_batch(self) -> None:
+    def new_batch(self, rows: int) -> None:
         self._finished = None
+        self.row_entropy = torch.zeros(rows, dtype=torch.float64)
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:
         if self.temperature != 1.0:
@@ -64,14 +65,15 @@ class SamplingWarper(LogitsProcessor):
         self.observe(scores, ~self._finished)
         return scores
 
-    def observe(self, scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """Add the entropy of the distributions in `scores` [B, V] of the rows still generating (`alive` [B]).
+    def observe(self, scores: torch.Tensor, alive: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the entropy of the distributions in `scores` [b, V] to the rows still generating (`alive` [b]).
 
+        `rows` [b]: each score row's place in the batch, when finished rows have left it.
         Returns their probabilities (softmax of the float scores), for the sampler to draw from."""
         probs = torch.softmax(scores.float(), dim=-1)
         entropy = -torch.special.xlogy(probs, probs).sum(-1)  # 0 * log 0 = 0 for cut tokens
-        self.total += float(entropy[alive].sum())
-        self.tokens += int(alive.sum())
+        where = alive.nonzero().squeeze(1) if rows is None else rows[alive]
+        self.row_entropy.index_put_((where.cpu(),), entropy[alive].cpu().double(), accumulate=True)
         return probs
 
 
@@ -83,18 +85,21 @@ class HFEngine:
         self.return_logprobs = return_logprobs  # costs one [rows, vocab] tensor per generated token
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
-        self.warper: SamplingWarper | None = None  # the last generate()'s; its entropy is read by the trainer
+        self.version = 0  # of the weights sampling now (update_weights)
 
-    @property
-    def mean_entropy(self) -> float:
-        """Mean per-token entropy of the sampling distribution over the last generate() call."""
-        w = self.warper
-        return w.total / w.tokens if w is not None and w.tokens else float("nan")
+    def update_weights(self, state_or_policy, version: int) -> None:
+        """This engine samples with the module it was given; a policy over that same module needs no copy.
+
+        A state dict (or a policy over another module) is loaded into the engine's module."""
+        module = getattr(state_or_policy, "module", None)
+        if module is not self.model:
+            state = state_or_policy.state_dict()["model"] if module is not None else state_or_policy
+            self.model.load_state_dict(state, strict=False)
+        self.version = version
 
     @torch.no_grad()
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
         prompts = [prompt_ids(self.tokenizer, item.messages) for item in items]
-        self.warper = SamplingWarper(self.stop_ids, sampling)
         rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         completions: list[Completion] = []
         for start in range(0, len(rows), self.batch_size):
@@ -109,14 +114,14 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
         sample = sampling.temperature > 0
-        warper = self.warper if self.warper is not None and sample else SamplingWarper(self.stop_ids, SamplingParams(1.0))
-        warper.new_batch()
+        warper = SamplingWarper(self.stop_ids, sampling if sample else SamplingParams(1.0))
+        warper.new_batch(len(prompts))
         if self.lean and width > 1:
             cache, group = self._distinct_prefill(prompts, input_ids, attention)
             new = sample_tokens(self.model, input_ids, attention, cache, group, sampling.max_new_tokens, warper,
                                 self.stop_ids, self.pad_id, do_sample=sample)
             self.model.train(was_training)
-            return self._completions(new.tolist(), None)
+            return self._completions(new.tolist(), None, warper.row_entropy.tolist())
         cache = self._shared_prefill(prompts, input_ids, attention)
         out = self.model.generate(
             input_ids=input_ids,
@@ -144,9 +149,10 @@ class HFEngine:
             temp = sampling.temperature if sampling.temperature > 0 else 1.0
             logits = torch.stack(out.logits, dim=1).float() / temp  # [B, N, V]
             step_logprobs = torch.log_softmax(logits, -1).gather(-1, out.sequences[:, width:, None]).squeeze(-1).tolist()
-        return self._completions(new, step_logprobs)
+        return self._completions(new, step_logprobs, warper.row_entropy.tolist())
 
-    def _completions(self, new: list[list[int]], step_logprobs: list[list[float]] | None) -> list[Completion]:
+    def _completions(self, new: list[list[int]], step_logprobs: list[list[float]] | None,
+                     entropy: list[float]) -> list[Completion]:
         stops = set(self.stop_ids)
         result = []
         for row, ids in enumerate(new):
@@ -159,6 +165,8 @@ class HFEngine:
                     token_ids=ids,
                     logprobs=step_logprobs[row][: len(ids)] if step_logprobs else [],
                     finish_reason="stop" if cut else "length",
+                    entropy=entropy[row],
+                    version=self.version,
                 )
             )
         return result

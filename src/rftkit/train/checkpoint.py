@@ -1,9 +1,10 @@
 """Checkpoints that make a killed run resumable to bit-identical weights (CPU, same seed).
 
-A checkpoint holds the trainable weights (all of them, or only the LoRA adapter), the
-optimizer and scheduler, every RNG the loop draws from, and the data position. It is
-written to a temporary folder and renamed into place, so a run killed mid-write leaves
-the previous checkpoint intact and never a half-written one.
+A checkpoint holds the policy's state (`Policy.state_dict()`: the trainable weights, all of
+them or only the LoRA adapter, the optimizer, the schedule and the version), every RNG the
+loop draws from, and the stage's state (the data position). It is written to a temporary
+folder and renamed into place, so a run killed mid-write leaves the previous checkpoint
+intact and never a half-written one.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE = "trainer_state.json"
-
-
-def _trainable(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _rng_state() -> tuple[dict, dict]:
@@ -51,18 +48,19 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, policy_state: dict, state: dict, keep: int) -> Path:
+    """Write `policy_state` (Policy.state_dict()), the RNGs and the loop's `state` as checkpoints/step-N."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable(model), tmp / "weights.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    save_file(policy_state["model"], tmp / "weights.safetensors")
+    torch.save({"optimizer": policy_state["optimizer"], "scheduler": policy_state["scheduler"]}, tmp / "optimizer.pt")
     tensors, plain = _rng_state()
     torch.save(tensors, tmp / "rng.pt")
-    (tmp / STATE).write_text(json.dumps({"step": step, "rng": plain, **state}))
+    (tmp / STATE).write_text(json.dumps({"step": step, "rng": plain, "policy_version": policy_state.get("version", 0), **state}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
@@ -75,17 +73,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNGs in place; return the trainer state."""
-    weights = load_file(path / "weights.safetensors")
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        missing, extra = sorted(expected - set(weights))[:5], sorted(set(weights) - expected)[:5]
-        raise RuntimeError(f"checkpoint {path} does not match the model (missing {missing}, unexpected {extra})")
-    model.load_state_dict(weights, strict=False)
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(the policy's state for Policy.load_state_dict, the loop's state); the RNGs are restored in place."""
     opt = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
     state = json.loads((path / STATE).read_text())
+    policy_state = {"model": load_file(path / "weights.safetensors"), "optimizer": opt["optimizer"],
+                    "scheduler": opt["scheduler"], "version": state.pop("policy_version", state["step"])}
     _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state.pop("rng"))
-    return state
+    return policy_state, state

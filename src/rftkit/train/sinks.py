@@ -1,4 +1,8 @@
-"""Metric sinks. `Sink.log(step, metrics)`; metrics.jsonl is always written.
+"""Sinks: where a run's metrics, sampled rollouts and events go. metrics.jsonl is always written.
+
+`Sink` is the protocol: `log(step, metrics)` every step, `samples(step, rows)` every
+`run.sample_interval` steps (samples.jsonl rows), `event(step, kind, fields)` for what happens
+once (a health warning, a checkpoint saved). A job service streams all three from one place.
 
 Optional sinks (TensorBoard, MLflow) import their packages lazily, so rftkit works without them;
 `make_sinks` raises a UserError naming the pip command when one is asked for but missing.
@@ -23,7 +27,19 @@ from rftkit.errors import UserError
 class Sink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
+    def samples(self, step: int, rows: list[dict]) -> None: ...
+
+    def event(self, step: int, kind: str, fields: dict) -> None: ...
+
     def close(self) -> None: ...
+
+
+class MetricsOnly:
+    """For sinks that plot numbers: sampled rollouts and events are not theirs to keep."""
+
+    def samples(self, step: int, rows: list[dict]) -> None: ...
+
+    def event(self, step: int, kind: str, fields: dict) -> None: ...
 
 
 def _clean(value):
@@ -31,18 +47,38 @@ def _clean(value):
 
 
 class JsonlSink:
-    """One JSON object per line: {"step": s, "<metric>": value, ...}, flushed every write."""
+    """One JSON object per line, flushed every write: metrics {"step": s, "<metric>": value, ...} to
+    `path`; sampled rollouts (one row per completion) to `samples_path`; events
+    {"step": s, "event": kind, ...} to `events_path` (each optional)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, samples_path: Path | None = None, events_path: Path | None = None):
         self.path = Path(path)
         self._f = open(self.path, "a")
+        self._paths = {"samples": samples_path, "events": events_path}
+        self._files: dict = {}
 
     def log(self, step: int, metrics: dict) -> None:
         self._f.write(json.dumps({"step": step, **{k: _clean(v) for k, v in metrics.items()}}) + "\n")
         self._f.flush()
 
+    def _write(self, name: str, rows: list[dict]) -> None:
+        if self._paths[name] is None or not rows:
+            return
+        if name not in self._files:
+            self._files[name] = open(self._paths[name], "a")
+        self._files[name].write("".join(json.dumps(row) + "\n" for row in rows))
+        self._files[name].flush()
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        self._write("samples", rows)
+
+    def event(self, step: int, kind: str, fields: dict) -> None:
+        self._write("events", [{"step": step, "event": kind, **fields}])
+
     def close(self) -> None:
         self._f.close()
+        for f in self._files.values():
+            f.close()
 
 
 def truncate_after(path: Path, step: int) -> None:
@@ -83,7 +119,7 @@ def _finite_scalars(metrics: Mapping) -> dict[str, float]:
     return out
 
 
-class TensorBoardSink:
+class TensorBoardSink(MetricsOnly):
     """Scalars in TensorBoard event files under `log_dir`, tag = metric name, global_step = step.
 
     Resume: a new SummaryWriter in the same directory writes a new event file next to the old
@@ -159,7 +195,7 @@ def _is_file_store(uri: str) -> bool:
     return scheme in ("", "file")
 
 
-class MLflowSink:
+class MLflowSink(MetricsOnly):
     """Metrics to an MLflow run via an explicit MlflowClient + run id (no global active run, so
     two trainers in one process, e.g. in tests, do not share a run).
 
@@ -219,7 +255,7 @@ class MLflowSink:
 
 
 class MultiSink:
-    """Fans log/close out to every sink, in order (put JsonlSink first: it is written before an
+    """Fans log/samples/event/close out to every sink, in order (put JsonlSink first: it is written before an
     optional sink can fail). close() closes every sink even if one raises, then re-raises."""
 
     def __init__(self, sinks: list):
@@ -228,6 +264,14 @@ class MultiSink:
     def log(self, step: int, metrics: dict) -> None:
         for sink in self.sinks:
             sink.log(step, metrics)
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        for sink in self.sinks:
+            sink.samples(step, rows)
+
+    def event(self, step: int, kind: str, fields: dict) -> None:
+        for sink in self.sinks:
+            sink.event(step, kind, fields)
 
     def close(self) -> None:
         error = None
@@ -258,7 +302,7 @@ def make_sinks(
     params: dict | None = None,
     resume_step: int = 0,
 ) -> MultiSink:
-    """The sinks of one run: RUN_DIR/metrics.jsonl always; TensorBoard in RUN_DIR/tensorboard;
+    """The sinks of one run: RUN_DIR/metrics.jsonl, samples.jsonl and events.jsonl always; TensorBoard in RUN_DIR/tensorboard;
     MLflow in `mlflow_tracking_uri` (default: a file store in RUN_DIR/mlruns), run name = run
     dir name. `resume_step` > 0 (the checkpoint step) makes TensorBoard readers drop events
     logged after it by the killed run (purge_step = resume_step + 1)."""
@@ -267,7 +311,7 @@ def make_sinks(
         _require("tensorboard", "TensorBoard", "tensorboard")
     if mlflow:
         _require("mlflow", "MLflow", "mlflow-skinny")
-    sinks: list = [JsonlSink(run_dir / "metrics.jsonl")]
+    sinks: list = [JsonlSink(run_dir / "metrics.jsonl", run_dir / "samples.jsonl", run_dir / "events.jsonl")]
     try:
         if tensorboard:
             sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=resume_step + 1 if resume_step > 0 else None))

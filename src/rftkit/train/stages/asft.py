@@ -15,7 +15,7 @@ import torch
 
 from rftkit.algorithms.asft import asft_weights, prompt_groups
 from rftkit.models import sft_example
-from rftkit.train.stages.base import eval_mode
+from rftkit.train.stages.base import StepResult
 from rftkit.train.stages.sft import SFTStage
 
 
@@ -25,8 +25,8 @@ class ASFTStage(SFTStage):
     def tokenize(self, row) -> list:
         return [sft_example(self.tokenizer, row.messages, row.response)]
 
-    def build(self) -> None:
-        super().build()
+    def build(self, policy, tokenizer) -> None:
+        super().build(policy, tokenizer)
         self.weights = self._weights(self.rows)
         self.val_weights = self._weights(self.val_rows)
 
@@ -38,17 +38,19 @@ class ASFTStage(SFTStage):
         groups = prompt_groups([repr(r.messages) for r in rows])
         return asft_weights(rewards, groups, a.baseline, a.temperature, a.max_weight, a.normalization).tolist()
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
         index = self.sampler.take(self.cfg.train.prompts_per_step)
         weights = [self.weights[i] for i in index]
-        loss, tokens = self.loss([self.examples[i] for i in index], weights)
-        return {"train/loss": loss, "train/tokens": tokens, "asft/weight_mean": sum(weights) / len(weights),
-                "asft/weight_max": max(weights), "actor/grad_norm": self.trainer.optimizer_step(), "actor/lr": self.lr(),
-                **self.perf(t0, tokens)}
+        pairs = [self.examples[i] for i in index]
+        out = self.policy.update_with(lambda model: self.loss(model, pairs, weights))
+        return StepResult({"train/loss": out["train/loss"], "train/tokens": out["train/tokens"],
+                           "asft/weight_mean": sum(weights) / len(weights), "asft/weight_max": max(weights),
+                           "actor/grad_norm": out["grad_norm"], "actor/lr": self.policy.lr,
+                           **self.perf(t0, out["train/tokens"])})
 
     def validate(self) -> dict[str, float]:
-        with eval_mode(self.model):
-            weighted, _ = self.loss(self.val_examples, self.val_weights, backward=False)
-            plain, _ = self.loss(self.val_examples, backward=False)
+        with self.policy.evaluating() as model:
+            weighted = self.loss(model, self.val_examples, self.val_weights, backward=False)["train/loss"]
+            plain = self.loss(model, self.val_examples, backward=False)["train/loss"]
         return {"val/loss": weighted, "val/unweighted_loss": plain}

@@ -1,29 +1,36 @@
-"""What every Stage provides to the shared loop, and the helpers the offline stages share."""
+"""What every Stage provides to the shared loop, and what a step returns."""
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-
-import torch
+from dataclasses import dataclass, field
 
 from rftkit.errors import UserError
+from rftkit.types import Group
+
+
+@dataclass
+class StepResult:
+    """One step's outcome: its metrics, and the groups it generated (with their advantages) for samples.jsonl."""
+
+    metrics: dict[str, float]
+    groups: list[Group] = field(default_factory=list)  # every group generated this step (none for offline stages)
+    advantages: list[list[float]] | None = None  # per group in `groups`, per completion; 0 where not trained on
 
 
 class Stage:
     """One algorithm's part of a run. The loop calls, in order: prepare() before any model is
-    loaded, build() once the model, tokenizer and optimizer exist, then step(n) per step and
-    validate() every run.eval_interval steps; state()/restore() ride in checkpoints."""
+    loaded, build(policy, tokenizer) once the policy exists, then step(n) per step and
+    validate() every run.eval_interval steps; state()/restore() ride in checkpoints. A stage
+    trains only through its Policy and never calls back into the loop."""
 
     headline_val = "val/pass@1"  # the validation metric the progress line shows
     needs_reference_model = False  # a frozen copy of the starting model is loaded (not with LoRA)
     lora_options: dict = {}  # extra apply_lora arguments (a reward model trains its new head in full)
     merge_lora_on_save = False  # final/ holds the merged model even without lora.merge_final
-    engine = None  # a generating stage's engine (the bench reads its stop ids)
-    groups: list = []  # the last step's groups, for samples and the bench
 
-    def __init__(self, trainer):
-        self.trainer, self.cfg = trainer, trainer.cfg
+    def __init__(self, cfg):
+        self.cfg = cfg
 
     @staticmethod
     def load_model(path: str, dtype: str, device: str):
@@ -33,9 +40,10 @@ class Stage:
 
     def prepare(self) -> None: ...
 
-    def build(self) -> None: ...
+    def build(self, policy, tokenizer) -> None:
+        self.policy, self.tokenizer = policy, tokenizer
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepResult:
         raise NotImplementedError
 
     def validate(self) -> dict[str, float]:
@@ -46,8 +54,6 @@ class Stage:
 
     def restore(self, state: dict) -> None: ...
 
-    def write_samples(self, step: int) -> None: ...
-
     def summary(self, metrics: dict[str, float]) -> str:
         return f"loss {metrics.get('train/loss', float('nan')):.4f}"
 
@@ -57,14 +63,6 @@ class Stage:
     def close(self) -> None: ...
 
     # ---- helpers ---------------------------------------------------------------------
-    @property
-    def model(self):
-        return self.trainer.model
-
-    @property
-    def tokenizer(self):
-        return self.trainer.tokenizer
-
     def require_val(self) -> None:
         if self.cfg.run.eval_interval and not self.cfg.data.val:
             raise UserError("run.eval_interval is set but data.val is not: name a validation file or set run.eval_interval=0")
@@ -77,18 +75,3 @@ class Stage:
     def perf(self, t0: float, n_tokens: float) -> dict[str, float]:
         elapsed = time.perf_counter() - t0
         return {"perf/time_per_step": elapsed, "perf/tokens_per_s": n_tokens / max(elapsed, 1e-9)}
-
-    def lr(self) -> float:
-        return self.trainer.scheduler.get_last_lr()[0]
-
-
-@contextmanager
-def eval_mode(model):
-    """model.eval() and no gradients inside, the model's previous mode restored after (dropout in LoRA)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)

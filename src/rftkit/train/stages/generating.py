@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
-import json
+import time
+from dataclasses import dataclass
 
-from rftkit.eval.passk import evaluate_groups
+from rftkit.data.sampler import PromptSampler
 from rftkit.graders import build_grader, check_grader_items
-from rftkit.graders.executor import GraderExecutor
+from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
+from rftkit.metrics import evaluate_groups
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
 from rftkit.train.stages.base import Stage
+from rftkit.types import Group
+
+
+@dataclass
+class Rollouts:
+    """Graded groups of one generation round (or several, merged), and what producing them took."""
+
+    groups: list[Group]
+    grading: GradingStats
+    generate_s: float
+    grade_s: float
+    rounds: int = 1
+
+    def __add__(self, other: Rollouts) -> Rollouts:
+        injected = dict(self.grading.injected)
+        for kind, n in other.grading.injected.items():
+            injected[kind] = injected.get(kind, 0) + n
+        grading = GradingStats(self.grading.errors + other.grading.errors, self.grading.timeouts + other.grading.timeouts,
+                               self.grading.latencies + other.grading.latencies, injected)
+        return Rollouts(self.groups + other.groups, grading, self.generate_s + other.generate_s,
+                        self.grade_s + other.grade_s, self.rounds + other.rounds)
 
 
 class GeneratingStage(Stage):
@@ -26,20 +49,35 @@ class GeneratingStage(Stage):
         self.require_val()
         self.grader = grader
 
-    def build(self) -> None:
-        from rftkit.train.loop import PromptSampler
-
+    def build(self, policy, tokenizer) -> None:
+        super().build(policy, tokenizer)
         cfg = self.cfg
-        self.engine = HFEngine(self.model, self.tokenizer, batch_size=cfg.rollout.batch_size)
-        self.executor = GraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
+        # the local engine samples with the policy's own module; update_weights keeps its version in step
+        self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
+        self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+
+    def rollouts(self, n_prompts: int) -> Rollouts:
+        """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded."""
+        items = [self.items[i] for i in self.sampler.take(n_prompts)]
+        t0 = time.perf_counter()
+        groups = self.engine.generate(items, self.cfg.rollout.num_generations, self.sampling)
+        t1 = time.perf_counter()
+        scores, grading = self.executor.score(groups)
+        graded = [g.scored(s) for g, s in zip(groups, scores)]
+        return Rollouts(graded, grading, t1 - t0, time.perf_counter() - t1)
+
+    def sync_engine(self) -> None:
+        """After the policy changed: the engine samples with the new weights (a no-op copy for the local engine)."""
+        self.engine.update_weights(self.policy, self.policy.version)
 
     def state(self) -> dict:
         return {"sampler": self.sampler.state()}
 
     def restore(self, state: dict) -> None:
         self.sampler.restore(state["sampler"])
+        self.sync_engine()  # the policy was loaded from the checkpoint: its version, not 0, samples next
 
     def close(self) -> None:
         self.executor.close()
@@ -49,17 +87,7 @@ class GeneratingStage(Stage):
 
     def validate(self) -> dict[str, float]:
         groups = self.engine.generate(self.val_items, self.cfg.run.eval_samples, self.sampling)
-        self.executor.score(groups)
-        result = evaluate_groups(groups, k=self.cfg.run.eval_samples)
+        scores, _ = self.executor.score(groups)
+        graded: list[Group] = [g.scored(s) for g, s in zip(groups, scores)]
+        result = evaluate_groups(graded, k=self.cfg.run.eval_samples)
         return {"val/reward_mean": result["reward_mean"], "val/pass@1": result["pass@1"]}
-
-    def write_samples(self, step: int) -> None:
-        with open(self.trainer.run_dir / "samples.jsonl", "a") as f:
-            for g in self.groups[: self.cfg.run.samples_per_write]:
-                for c in g.completions:
-                    f.write(json.dumps({
-                        "step": step, "item_id": g.item.id, "prompt": g.item.messages[-1]["content"],
-                        "reference_answer": g.item.reference_answer, "completion": c.text,
-                        "reward": c.score.reward if c.score else None, "advantage": round(c.advantage, 4),
-                        "error": c.score.error if c.score else None, "finish_reason": c.finish_reason,
-                    }) + "\n")

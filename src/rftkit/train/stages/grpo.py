@@ -1,4 +1,5 @@
-"""GRPO as a Stage: rollout -> grade -> rewards -> advantages -> update, each variant an entry in a table.
+"""GRPO as a Stage. `GRPOStage.step` reads top to bottom: rollout -> grade -> shape rewards ->
+advantages -> update -> metrics, each a named call returning a value.
 
 Variants (config `algorithm.*`), all from algorithms/grpo.py:
 - advantage estimator (`ADVANTAGES`), loss aggregation (`AGGREGATIONS`), KL estimator
@@ -22,20 +23,18 @@ import time
 
 import torch
 
-from rftkit.algorithms.common import token_logprobs
-from rftkit.algorithms.grpo import ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, overlong_penalty
-from rftkit.algorithms.grpo_update import completion_logprobs, grpo_update
-from rftkit.graders.executor import GradingStats
-from rftkit.train.stages.generating import GeneratingStage
+from rftkit.algorithms.grpo import ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty, overlong_penalty, sequence_kl
+from rftkit.metrics import rollout_metrics
+from rftkit.models.batching import pad_right
+from rftkit.policy import LossSpec, Row
+from rftkit.train.stages.base import StepResult
+from rftkit.train.stages.generating import GeneratingStage, Rollouts
 from rftkit.types import Group
 
 
-def merge_grading(stats: list[GradingStats]) -> GradingStats:
-    injected: dict[str, int] = {}
-    for s in stats:
-        for kind, n in s.injected.items():
-            injected[kind] = injected.get(kind, 0) + n
-    return GradingStats(sum(s.errors for s in stats), sum(s.timeouts for s in stats), [x for s in stats for x in s.latencies], injected)
+def graded(c) -> bool:
+    """Takes part in the loss: graded (a reward, not a failure) and not empty."""
+    return c.score is not None and c.score.reward is not None and bool(c.token_ids)
 
 
 class GRPOStage(GeneratingStage):
@@ -43,133 +42,128 @@ class GRPOStage(GeneratingStage):
     def needs_reference_model(self) -> bool:
         return self.cfg.algorithm.beta > 0
 
-    # ---- stage 1 and 2: rollouts, graded (dynamic sampling refills) -------------------------
-    def _rollouts(self, n_prompts: int, clock: dict[str, float]) -> tuple[list[Group], GradingStats]:
-        items = [self.items[i] for i in self.sampler.take(n_prompts)]
+    @property
+    def kl_in_reward(self) -> bool:
+        return self.cfg.algorithm.beta > 0 and self.cfg.algorithm.kl_in == "reward"
+
+    def build(self, policy, tokenizer) -> None:
+        super().build(policy, tokenizer)
+        algo, rollout = self.cfg.algorithm, self.cfg.rollout
+        self.loss_spec = LossSpec(epsilon=algo.epsilon, epsilon_high=algo.epsilon_high,
+                                  beta=algo.beta if algo.kl_in == "loss" else 0.0, kl_estimator=algo.kl_estimator,
+                                  aggregation=algo.loss_aggregation, temperature=rollout.temperature,
+                                  max_new_tokens=rollout.max_new_tokens)
+
+    # ---- one step --------------------------------------------------------------------------
+    def step(self, step: int) -> StepResult:
+        algo, temperature = self.cfg.algorithm, self.cfg.rollout.temperature
         t0 = time.perf_counter()
-        groups = self.engine.generate(items, self.cfg.rollout.num_generations, self.sampling)
-        t1 = time.perf_counter()
-        grading = self.executor.score(groups)
-        clock["generate"] += t1 - t0
-        clock["grade"] += time.perf_counter() - t1
-        return groups, grading
+        batch, every = self.collect()  # stages 1 and 2: rollout, grade (dynamic sampling refills)
+        t_update = time.perf_counter()
+        rows = [Row(g.prompt_ids, c.token_ids, loss_mask=c.mask()) for g in batch for c in g.completions]
+        old = self.policy.logprobs(rows, temperature) if rows and (algo.updates_per_batch > 1 or self.kl_in_reward) else None
+        rewards, kl = self.shaped_rewards(batch, rows, old)  # [G, N]
+        advantages = ADVANTAGES[algo.advantage](rewards) if batch else rewards  # [G, N]
+        trained = self.update_rows(batch, rows, advantages, old)
+        updates = [self.policy.update(trained, self.loss_spec) for _ in range(algo.updates_per_batch if batch else 0)]
+        self.sync_engine()
+        t_end = time.perf_counter()
+        n_tokens = sum(len(c.token_ids) for g in every.groups for c in g.completions)
+        timing = {"perf/time_per_step": t_end - t0, "perf/time_update": t_end - t_update,
+                  "perf/time_generate": every.generate_s, "perf/time_grade": every.grade_s,
+                  "perf/tokens_per_s": n_tokens / max(every.generate_s, 1e-9)}
+        metrics = {**rollout_metrics(every.groups, every.grading), **self.update_metrics(updates, kl, bool(batch)),
+                   **timing, **self.variant_metrics(batch, every, rewards)}
+        return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
 
-    def collect(self) -> tuple[list[Group], list[Group], GradingStats, dict[str, float]]:
-        """(groups to train on, every group generated, grading counts, timings/counters)."""
+    # ---- stages 1 and 2: rollouts, graded ---------------------------------------------------
+    def collect(self) -> tuple[list[Group], Rollouts]:
+        """(the groups to train on, every round generated): dynamic sampling keeps informative groups and refills."""
         algo, wanted = self.cfg.algorithm, self.cfg.train.prompts_per_step
-        info = {"generate": 0.0, "grade": 0.0, "refill_rounds": 0}
-        groups, grading = self._rollouts(wanted, info)
-        every, stats = list(groups), [grading]
-        if algo.dynamic_sampling:
-            groups = [g for g, keep in zip(groups, self._informative(groups)) if keep]
-            while len(groups) < wanted and info["refill_rounds"] < algo.max_refill_rounds:
-                more, grading = self._rollouts(wanted - len(groups), info)
-                every += more
-                stats.append(grading)
-                groups += [g for g, keep in zip(more, self._informative(more)) if keep]
-                info["refill_rounds"] += 1
-            groups = groups[:wanted]
-        return groups, every, merge_grading(stats), info
+        every = self.rollouts(wanted)
+        if not algo.dynamic_sampling:
+            return every.groups, every
+        batch = self.informative(every.groups)
+        while len(batch) < wanted and every.rounds - 1 < algo.max_refill_rounds:
+            more = self.rollouts(wanted - len(batch))
+            every = every + more
+            batch += self.informative(more.groups)
+        return batch[:wanted], every
 
-    def _informative(self, groups: list[Group]) -> list[bool]:
-        return keep_informative_groups(self._shaped_rewards(groups, kl=False)).tolist() if groups else []
+    def informative(self, groups: list[Group]) -> list[Group]:
+        if not groups:
+            return []
+        keep = keep_informative_groups(self.shaped_rewards(groups)[0]).tolist()
+        return [g for g, k in zip(groups, keep) if k]
 
-    # ---- rewards -> advantages ------------------------------------------------------------
-    def _shaped_rewards(self, groups: list[Group], kl: bool = True) -> torch.Tensor:
-        """[G, N] rewards the advantages see: the grader's, plus the overlong and KL penalties; NaN = failed."""
-        algo = self.cfg.algorithm
+    # ---- rewards -> advantages -> rows ------------------------------------------------------
+    def shaped_rewards(self, groups: list[Group], rows: list[Row] | None = None,
+                       old: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, float | None]:
+        """([G, N] rewards the advantages see, the penalty's mean per-token KL or None): the grader's rewards
+        plus the overlong penalty and, given the rows and their sampling-time log-probs, the KL reward
+        penalty (the KL of each completion to the reference, summed over its tokens). NaN = failed."""
+        algo, n = self.cfg.algorithm, self.cfg.rollout.num_generations
         rewards = torch.tensor([[float("nan") if r is None else r for r in g.rewards] for g in groups], dtype=torch.float32)
+        if not groups:
+            return torch.zeros(0, n), None
         if algo.overlong_buffer:
             lengths = torch.tensor([[len(c.token_ids) for c in g.completions] for g in groups])
             rewards = rewards + algo.overlong_penalty * overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, algo.overlong_buffer)
-        if kl and algo.beta > 0 and algo.kl_in == "reward":
-            rewards = rewards - algo.beta * self._sequence_kl(groups)
-        return rewards
+        if rows is None or not self.kl_in_reward:
+            return rewards, None
+        ref = self.policy.reference_logprobs(rows, self.cfg.rollout.temperature)  # at sampling time, like `old`
+        logp, ref_logp = (pad_right_float(x).view(len(groups), n, -1) for x in (old, ref))  # [G, N, C]
+        mask = pad_right([[1] * len(r.completion_ids) for r in rows], 0).float().view(len(groups), n, -1)
+        estimator = KL_ESTIMATORS[algo.kl_estimator]
+        shaped = kl_reward_penalty(rewards, logp, ref_logp, mask, algo.beta, estimator)
+        kl = sum(sequence_kl(logp, ref_logp, mask, estimator).flatten().tolist())
+        return shaped, kl / max(sum(len(r.completion_ids) for r in rows), 1)
 
-    def _sequence_kl(self, groups: list[Group]) -> torch.Tensor:
-        """[G, N] summed per-token KL estimate of each completion against the reference, at sampling time."""
-        cfg = self.cfg
-        completions = [c for g in groups for c in g.completions]
-        pairs = [(g.prompt_ids, c.token_ids) for g in groups for c in g.completions]
-        ref = completion_logprobs(self.trainer.reference_logits, pairs, self.tokenizer.pad_token_id,
-                                  cfg.train.micro_batch_size, cfg.rollout.temperature, self.trainer.device)
-        estimator = KL_ESTIMATORS[cfg.algorithm.kl_estimator]
-        kl = [float(estimator(c.old_logp, r).sum()) if c.token_ids else 0.0 for c, r in zip(completions, ref)]
-        self._kl_sum, self._kl_tokens = sum(kl), sum(len(c.token_ids) for c in completions)
-        return torch.tensor(kl).view(len(groups), -1)
+    def update_rows(self, groups: list[Group], rows: list[Row], advantages: torch.Tensor,
+                    old: list[torch.Tensor] | None) -> list[Row]:
+        """The rows the loss sees: graded, non-empty completions with their advantage and, when they were
+        computed (mu > 1, KL reward penalty), the sampling-time log-probs the ratio is taken against."""
+        flat = [c for g in groups for c in g.completions]
+        values = advantages.flatten().tolist()
+        return [Row(r.prompt_ids, r.completion_ids, values[i], r.loss_mask, old[i] if old is not None else None)
+                for i, (r, c) in enumerate(zip(rows, flat)) if graded(c)]
 
-    def _reference_logprobs(self, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """[B, T-1] reference log-probs of logits / temperature, like the policy's in grpo_update: at
-        temperature != 1 untempered ones would make the KL term non-zero while policy == reference."""
-        logits = self.trainer.reference_logits(input_ids, attention)  # [B, T, V]
-        temperature = self.cfg.rollout.temperature
-        return token_logprobs(logits / temperature if temperature != 1.0 else logits, input_ids)
-
-    def _store_old_logprobs(self, groups: list[Group]) -> None:
-        """Log-probs of every completion under the policy as it sampled them, before any update of this batch."""
-        cfg = self.cfg
-        completions = [c for g in groups for c in g.completions]
-        pairs = [(g.prompt_ids, c.token_ids) for g in groups for c in g.completions]
-        logps = completion_logprobs(lambda ids, att: self.model(input_ids=ids, attention_mask=att, use_cache=False).logits,
-                                    pairs, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                                    cfg.rollout.temperature, self.trainer.device, model=self.model)  # no_grad inside
-        for c, lp in zip(completions, logps):
-            c.old_logp = lp
-
-    # ---- one step --------------------------------------------------------------------------
-    def step(self, step: int) -> dict[str, float]:
-        from rftkit.train.loop import rollout_metrics
-
-        cfg, algo = self.cfg, self.cfg.algorithm
-        t0 = time.perf_counter()
-        groups, every, grading, info = self.collect()  # Stages 1 and 2
-        t_grade = time.perf_counter()
-        kl_reward = algo.beta > 0 and algo.kl_in == "reward"
-        if groups and (algo.updates_per_batch > 1 or kl_reward):
-            self._store_old_logprobs(groups)
-        rewards = self._shaped_rewards(groups) if groups else torch.zeros(0, cfg.rollout.num_generations)
-        advantages = ADVANTAGES[algo.advantage](rewards) if groups else rewards  # [G, N]
-        for g, row in zip(groups, advantages.tolist()):
-            for c, a in zip(g.completions, row):
-                c.advantage = a
-        sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
-        grad_norms = []
-        loss_beta = algo.beta if algo.kl_in == "loss" else 0.0
-        for _ in range(algo.updates_per_batch if groups else 0):  # Stage 3
-            part = grpo_update(self.model, groups, self.tokenizer.pad_token_id, cfg.train.micro_batch_size,
-                               algo.epsilon, loss_beta, self._reference_logprobs, algo.loss_aggregation,
-                               cfg.rollout.max_new_tokens, cfg.rollout.temperature, algo.epsilon_high, algo.kl_estimator)
-            for key in sums:
-                sums[key] += part[key]
-            grad_norms.append(self.trainer.optimizer_step())
-        t_end = time.perf_counter()
-        for g in groups:  # old log-probs are one step's scratch
-            for c in g.completions:
-                c.old_logp = None
-        self.groups = every
-        n_tokens = sum(len(c.token_ids) for g in every for c in g.completions)
-        passes = max(algo.updates_per_batch if groups else 1, 1)
-        metrics = {
-            **rollout_metrics(every, grading),
-            "actor/entropy": self.engine.mean_entropy,  # of the sampling distribution, over the last round's tokens
+    # ---- metrics ----------------------------------------------------------------------------
+    def update_metrics(self, updates: list[dict], kl: float | None, trained: bool) -> dict[str, float]:
+        algo = self.cfg.algorithm
+        sums = {key: sum(u[key] for u in updates) for key in ("pg_loss", "kl", "clipped", "tokens")}
+        if algo.beta == 0 or not trained:
             # with beta = 0 no reference is loaded, and a step that kept no group (dynamic sampling)
             # compared nothing with it: KL is not measured (null), not zero
-            "actor/kl": float("nan") if algo.beta == 0 or not groups else (
-                self._kl_sum / max(self._kl_tokens, 1) if kl_reward else sums["kl"] / max(sums["tokens"], 1.0)),
-            "actor/pg_loss": sums["pg_loss"] / passes,
+            mean_kl = float("nan")
+        elif kl is not None:  # the reward penalty's KL, per completion token at sampling time
+            mean_kl = kl
+        else:
+            mean_kl = sums["kl"] / max(sums["tokens"], 1.0)
+        return {
+            "actor/kl": mean_kl,
+            "actor/pg_loss": sums["pg_loss"] / max(len(updates), 1),
             "actor/clipfrac": sums["clipped"] / max(sums["tokens"], 1.0),
-            "actor/grad_norm": grad_norms[-1] if grad_norms else 0.0,
-            "actor/lr": self.lr(),
-            "perf/time_per_step": t_end - t0,
-            "perf/time_generate": info["generate"],
-            "perf/time_grade": info["grade"],
-            "perf/time_update": t_end - t_grade,
-            "perf/tokens_per_s": n_tokens / max(info["generate"], 1e-9),
+            "actor/grad_norm": updates[-1]["grad_norm"] if updates else 0.0,
+            "actor/lr": self.policy.lr,
         }
+
+    def variant_metrics(self, batch: list[Group], every: Rollouts, rewards: torch.Tensor) -> dict[str, float]:
+        algo, metrics = self.cfg.algorithm, {}
         if algo.dynamic_sampling:
-            metrics.update({"dynamic/groups_kept": len(groups), "dynamic/groups_generated": len(every),
-                            "dynamic/refill_rounds": info["refill_rounds"]})
+            metrics.update({"dynamic/groups_kept": len(batch), "dynamic/groups_generated": len(every.groups),
+                            "dynamic/refill_rounds": every.rounds - 1})
         if algo.overlong_buffer:
-            metrics["critic/shaped_rewards/mean"] = float(torch.nanmean(rewards)) if groups else float("nan")
+            metrics["critic/shaped_rewards/mean"] = float(torch.nanmean(rewards)) if batch else float("nan")
         return metrics
 
+    @staticmethod
+    def advantages_of(every: list[Group], batch: list[Group], advantages: torch.Tensor) -> list[list[float]]:
+        """Per generated group, its completions' advantages (0 for groups dynamic sampling dropped)."""
+        trained = {id(g): row for g, row in zip(batch, advantages.tolist())}
+        return [trained.get(id(g), [0.0] * len(g.completions)) for g in every]
+
+
+def pad_right_float(rows: list[torch.Tensor]) -> torch.Tensor:
+    """[R, C] of 1-d float tensors right-padded with 0."""
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)

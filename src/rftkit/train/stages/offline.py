@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rftkit.data.sampler import PromptSampler
 from rftkit.train.stages.base import Stage
 
 
@@ -15,9 +16,8 @@ class OfflineStage(Stage):
         self.val_rows = self.load_rows(self.cfg.data.val, self.row_kind)
         self.require_val()
 
-    def build(self) -> None:
-        from rftkit.train.loop import PromptSampler
-
+    def build(self, policy, tokenizer) -> None:
+        super().build(policy, tokenizer)
         self.examples = [e for row in self.rows for e in self.tokenize(row)]
         self.val_examples = [e for row in self.val_rows for e in self.tokenize(row)]
         self.sampler = PromptSampler(len(self.examples), self.cfg.train.seed, self.cfg.data.shuffle)

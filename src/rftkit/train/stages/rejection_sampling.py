@@ -18,6 +18,7 @@ import statistics
 import time
 
 from rftkit.algorithms.sft import sft_pairs_loss
+from rftkit.train.stages.base import StepResult
 from rftkit.train.stages.generating import GeneratingStage
 from rftkit.types import Group
 
@@ -39,8 +40,8 @@ def kept_completions(groups: list[Group], threshold: float, max_per_prompt: int)
 
 
 class RejectionSamplingStage(GeneratingStage):
-    def build(self) -> None:
-        super().build()
+    def build(self, policy, tokenizer) -> None:
+        super().build(policy, tokenizer)
         self.kept: list[tuple[list[int], list[int]]] = []
         self.round, self.cursor = 0, 0
         # fixed at the run's start: extending train.steps on resume adds steps to the last round, not rounds
@@ -58,31 +59,34 @@ class RejectionSamplingStage(GeneratingStage):
     def summary(self, metrics: dict[str, float]) -> str:
         return f"round {self.round} kept {len(self.kept)} loss {metrics['train/loss']:.4f}"
 
-    def _new_round(self) -> dict[str, float]:
+    def _new_round(self) -> tuple[dict[str, float], list[Group]]:
         rs = self.cfg.rejection_sampling
         t0 = time.perf_counter()
-        items = [self.items[i] for i in self.sampler.take(rs.prompts_per_round)]
-        groups = self.engine.generate(items, self.cfg.rollout.num_generations, self.sampling)
-        grading = self.executor.score(groups)
-        self.groups = groups
+        rollouts = self.rollouts(rs.prompts_per_round)
+        groups, grading = rollouts.groups, rollouts.grading
         self.kept = kept_completions(groups, rs.threshold, rs.max_per_prompt)
         self.round += 1
         self.cursor = 0
         rewards = [r for g in groups for r in g.rewards if r is not None]
         solved = sum(any(r is not None and r >= rs.threshold for r in g.rewards) for g in groups)
-        return {"rs/round": self.round, "rs/kept": len(self.kept), "rs/prompts_solved": solved / len(groups),
-                "critic/rewards/mean": statistics.fmean(rewards) if rewards else float("nan"),
-                "grader/errors": grading.errors, "perf/time_generate": time.perf_counter() - t0}
+        metrics = {"rs/round": self.round, "rs/kept": len(self.kept), "rs/prompts_solved": solved / len(groups),
+                   "critic/rewards/mean": statistics.fmean(rewards) if rewards else float("nan"),
+                   "grader/errors": grading.errors, "perf/time_generate": time.perf_counter() - t0}
+        return metrics, groups
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
         rounds_due = (step - 1) % self.steps_per_round == 0 and self.round < self.cfg.rejection_sampling.rounds
-        metrics = self._new_round() if rounds_due else {}
+        metrics, groups = self._new_round() if rounds_due else ({}, [])
         if not self.kept:  # nothing passed this round: no update, the next round tries again
-            return {**metrics, "train/loss": float("nan"), "actor/lr": self.lr(), **self.perf(t0, 0)}
+            return StepResult({**metrics, "train/loss": float("nan"), "actor/lr": self.policy.lr, **self.perf(t0, 0)}, groups)
         n = self.cfg.train.prompts_per_step
         batch = [self.kept[(self.cursor + i) % len(self.kept)] for i in range(n)]
         self.cursor = (self.cursor + n) % len(self.kept)
-        loss, tokens = sft_pairs_loss(self.model, batch, self.cfg.train.micro_batch_size, self.cfg.sft.packing, self.cfg.sft.pack_length)
-        return {**metrics, "train/loss": loss, "train/tokens": tokens, "actor/grad_norm": self.trainer.optimizer_step(),
-                "actor/lr": self.lr(), **self.perf(t0, tokens)}
+        sft = self.cfg.sft
+        out = self.policy.update_with(lambda model: dict(zip(("train/loss", "train/tokens"), sft_pairs_loss(
+            model, batch, self.cfg.train.micro_batch_size, sft.packing, sft.pack_length))))
+        self.sync_engine()
+        return StepResult({**metrics, "train/loss": out["train/loss"], "train/tokens": out["train/tokens"],
+                           "actor/grad_norm": out["grad_norm"], "actor/lr": self.policy.lr,
+                           **self.perf(t0, out["train/tokens"])}, groups)

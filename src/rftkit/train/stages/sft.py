@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from rftkit.algorithms.sft import conversation_examples, sft_pairs_loss
-from rftkit.train.stages.base import eval_mode
+from rftkit.train.stages.base import StepResult
 from rftkit.train.stages.offline import OfflineStage
 
 
@@ -22,17 +22,19 @@ class SFTStage(OfflineStage):
     def tokenize(self, row) -> list:
         return conversation_examples(self.tokenizer, row.messages)
 
-    def loss(self, pairs, weights=None, backward: bool = True) -> tuple[float, float]:
+    def loss(self, model, pairs, weights=None, backward: bool = True) -> dict[str, float]:
         sft = self.cfg.sft
-        return sft_pairs_loss(self.model, pairs, self.cfg.train.micro_batch_size, sft.packing, sft.pack_length, weights, backward)
+        loss, tokens = sft_pairs_loss(model, pairs, self.cfg.train.micro_batch_size, sft.packing, sft.pack_length, weights, backward)
+        return {"train/loss": loss, "train/tokens": tokens}
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
-        loss, tokens = self.loss(self.take())
-        return {"train/loss": loss, "train/tokens": tokens, "actor/grad_norm": self.trainer.optimizer_step(),
-                "actor/lr": self.lr(), **self.perf(t0, tokens)}
+        pairs = self.take()
+        out = self.policy.update_with(lambda model: self.loss(model, pairs))
+        return StepResult({"train/loss": out["train/loss"], "train/tokens": out["train/tokens"],
+                           "actor/grad_norm": out["grad_norm"], "actor/lr": self.policy.lr,
+                           **self.perf(t0, out["train/tokens"])})
 
     def validate(self) -> dict[str, float]:
-        with eval_mode(self.model):
-            loss, _ = self.loss(self.val_examples, backward=False)
-        return {"val/loss": loss}
+        with self.policy.evaluating() as model:
+            return {"val/loss": self.loss(model, self.val_examples, backward=False)["train/loss"]}

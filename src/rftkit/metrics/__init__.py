@@ -1,0 +1,83 @@
+"""What a step, an evaluation and a report measure, in the metric names RFT users read (DESIGN.md).
+
+- `rollout_metrics`: one step's rewards, lengths and grading counts (`critic/...`, `grader/...`);
+- `passk`: pass@k and mean reward over graded groups (validation, `rft eval`);
+- `health`: warnings read off the metric history (reward hacking, collapse, no signal, ...);
+- `sample_records`: the rows of samples.jsonl.
+Pure functions over Groups and metric rows: train/, eval/ and report/ all read them from here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from rftkit.metrics.passk import evaluate_groups, pass_at_k
+from rftkit.types import Group
+
+__all__ = ["breakdown_means", "evaluate_groups", "pass_at_k", "percentile", "rollout_metrics", "sample_records"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1)]
+
+
+def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
+    """Rewards, lengths, entropy and grading counts of every group a step generated.
+
+    `grading` is the executor's GradingStats (errors, timeouts, latencies, injected faults).
+    `actor/entropy` is the sampling distribution's mean per-token entropy over all these tokens.
+    """
+    rewards = [r for g in groups for r in g.rewards if r is not None]
+    completions = [c for g in groups for c in g.completions]
+    lengths = [len(c.token_ids) for c in completions]
+    zero_std = sum(len({r for r in g.rewards if r is not None}) <= 1 for g in groups)
+    metered = [c for c in completions if not math.isnan(c.entropy)]
+    return {
+        "critic/rewards/mean": statistics.fmean(rewards) if rewards else float("nan"),
+        "critic/rewards/min": min(rewards) if rewards else float("nan"),
+        "critic/rewards/max": max(rewards) if rewards else float("nan"),
+        "critic/rewards/std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+        "critic/frac_zero_std_groups": zero_std / len(groups),
+        "actor/entropy": (sum(c.entropy for c in metered) / max(sum(len(c.token_ids) for c in metered), 1)
+                          if metered else float("nan")),
+        "response_length/mean": statistics.fmean(lengths),
+        "response_length/max": max(lengths),
+        "response/clipped_ratio": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        "grader/errors": grading.errors,
+        "grader/error_rate": grading.errors / len(completions),
+        "grader/timeouts": grading.timeouts,
+        "grader/latency_p50": percentile(grading.latencies, 0.5),
+        "grader/latency_p99": percentile(grading.latencies, 0.99),
+        **{f"grader/injected_{kind}": n for kind, n in grading.injected.items()},
+        **breakdown_means([c.score for c in completions]),
+    }
+
+
+def breakdown_means(scores, limit: int = 32) -> dict[str, float]:
+    """`grader/sub/<name>`: the mean of each sub-reward and logged metric over the scored samples."""
+    values: dict[str, list[float]] = {}
+    for score in scores:
+        if score is not None and score.reward is not None:
+            for key, value in score.breakdown.items():
+                if isinstance(value, (int, float)):
+                    values.setdefault(key, []).append(float(value))
+    return {f"grader/sub/{k}": statistics.fmean(v) for k, v in list(values.items())[:limit] if v}
+
+
+def sample_records(step: int, groups: list[Group], advantages: list[list[float]] | None = None) -> list[dict]:
+    """samples.jsonl rows: one per completion of `groups`, with its reward, advantage (0 if not trained on) and error."""
+    rows = []
+    for i, g in enumerate(groups):
+        for j, c in enumerate(g.completions):
+            advantage = advantages[i][j] if advantages is not None and i < len(advantages) else 0.0
+            rows.append({
+                "step": step, "item_id": g.item.id, "prompt": g.item.messages[-1]["content"],
+                "reference_answer": g.item.reference_answer, "completion": c.text,
+                "reward": c.score.reward if c.score else None, "advantage": round(advantage, 4),
+                "error": c.score.error if c.score else None, "finish_reason": c.finish_reason,
+            })
+    return rows

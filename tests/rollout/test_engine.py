@@ -1,0 +1,203 @@
+"""Fast unit tests of rollout on a toy model: the HF engine, sampling, shared prefill and the lean decode loop."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tests.conftest import EXAMPLES
+
+from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
+from rftkit.data import load_items
+from rftkit.models import load_model, load_tokenizer
+from rftkit.rollout.base import SamplingParams
+from rftkit.rollout.hf import HFEngine
+
+
+@pytest.fixture(scope="module")
+def toy(toy_model_dir):
+    return load_model(str(toy_model_dir)), load_tokenizer(str(toy_model_dir))
+
+
+def test_engine_groups_and_sampling_logprobs_match_the_training_forward(toy):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:3]
+    torch.manual_seed(0)
+    groups = HFEngine(model, tok, batch_size=4, return_logprobs=True).generate(items, 3, SamplingParams(max_new_tokens=12))
+    assert [g.item.id for g in groups] == [i.id for i in items] and all(len(g.completions) == 3 for g in groups)
+    prompts = [g.prompt_ids for g in groups for _ in g.completions]
+    comps = [c.token_ids for g in groups for c in g.completions]
+    ids, attention, mask = pack_prompt_completion(prompts, comps, tok.pad_token_id)
+    with torch.no_grad():
+        logp = token_logprobs(model(input_ids=ids, attention_mask=attention).logits, ids)  # [B, T-1]
+    for row, (p, c) in enumerate(zip(prompts, [c for g in groups for c in g.completions])):
+        assert c.finish_reason in ("stop", "length") and len(c.token_ids) <= 12
+        assert (c.finish_reason == "stop") == (c.token_ids[-1] == tok.eos_token_id)
+        assert tok.pad_token_id not in c.token_ids
+        # left-padded sampling and right-padded training see the same distribution
+        assert_close(logp[row, len(p) - 1 : len(p) - 1 + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4, rtol=0)
+        assert mask[row].sum().item() == len(c.token_ids)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_entropy_and_tempered_logprobs_match_the_training_forward(toy, temperature):
+    """The engine's entropy meter and its log-probs describe the distribution actually sampled."""
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:4]
+    torch.manual_seed(1)
+    engine = HFEngine(model, tok, batch_size=8, return_logprobs=True)
+    groups = engine.generate(items, 2, SamplingParams(temperature=temperature, max_new_tokens=10))
+    prompts = [g.prompt_ids for g in groups for _ in g.completions]
+    comps = [c for g in groups for c in g.completions]
+    ids, attention, mask = pack_prompt_completion(prompts, [c.token_ids for c in comps], tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits / temperature  # [B, T, V]
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    entropy = -(logp.exp() * logp).sum(-1)  # [B, T-1]
+    expected = (entropy * mask).sum() / mask.sum()
+    assert engine.mean_entropy == pytest.approx(expected.item(), rel=1e-4)
+    sampled = token_logprobs(logits, ids)
+    for row, c in enumerate(comps):
+        start = len(prompts[row]) - 1
+        assert_close(sampled[row, start : start + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4, rtol=0)
+
+
+def test_generation_is_reproducible_from_the_seed(toy):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:2]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append([c.token_ids for g in HFEngine(model, tok).generate(items, 2, SamplingParams(max_new_tokens=8)) for c in g.completions])
+    assert runs[0] == runs[1]
+
+
+def test_sampling_ignores_the_models_own_sampling_settings(toy_model_dir):
+    # A model's generation_config may carry repetition_penalty, top_k, top_p (Qwen2.5-Instruct does);
+    # applied silently, they make sampling differ from the distribution the loss assumes.
+    model, tok = load_model(str(toy_model_dir)), load_tokenizer(str(toy_model_dir))
+    items = load_items(EXAMPLES / "val.jsonl")[:4]
+
+    def sample():
+        torch.manual_seed(0)
+        return [c.token_ids for g in HFEngine(model, tok).generate(items, 4, SamplingParams(max_new_tokens=12)) for c in g.completions]
+
+    plain = sample()
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.top_k = 5
+    model.generation_config.top_p = 0.5
+    assert sample() == plain
+
+
+def test_sampling_warper_top_k_and_top_p_by_hand():
+    from rftkit.rollout.hf import SamplingWarper
+
+    scores = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    kept = lambda **kw: torch.isfinite(SamplingWarper([0], SamplingParams(**kw)).warp(scores)).tolist()  # noqa: E731
+    assert kept(top_k=2) == [[False, True, True]]
+    assert kept(top_p=0.5) == [[False, True, False]]  # 0.6 alone reaches 0.5
+    assert kept(top_p=0.7) == [[False, True, True]]  # 0.6 < 0.7: the next token (0.3) joins
+    assert kept(top_p=1.0, top_k=0) == [[True, True, True]]
+    halved = SamplingWarper([0], SamplingParams(temperature=0.5)).warp(scores)
+    assert_close(torch.softmax(halved, -1), torch.tensor([[0.01, 0.36, 0.09]]) / 0.46)  # p^(1/T), renormalised
+
+
+def test_shared_prefill_gives_the_same_samples_as_a_full_prefill(toy, monkeypatch):
+    model, tok = toy
+    items = load_items(EXAMPLES / "val.jsonl")[:5]
+    engine = HFEngine(model, tok, batch_size=64, return_logprobs=True)
+    ones = torch.ones(5, 3, dtype=torch.long)
+    assert engine._shared_prefill([[5, 6, 7]] * 3 + [[5, 6]] * 2, ones, ones) is not None  # runs of any length share
+    assert engine._shared_prefill([[5, 6, 7], [5, 6], [7], [6], [5]], ones, ones) is None  # nothing to share
+    runs = []
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(HFEngine, "_shared_prefill", lambda self, *a: None)
+        torch.manual_seed(3)
+        groups = engine.generate(items, 4, SamplingParams(max_new_tokens=12))
+        runs.append([(c.token_ids, c.logprobs) for g in groups for c in g.completions])
+    assert [ids for ids, _ in runs[0]] == [ids for ids, _ in runs[1]]
+    for (_, shared), (_, full) in zip(*runs):
+        assert_close(torch.tensor(shared), torch.tensor(full), atol=1e-5, rtol=0)
+
+
+def _samples(engine, items, n, sampling, seed=5):
+    torch.manual_seed(seed)
+    return [c.token_ids for g in engine.generate(items, n, sampling) for c in g.completions]
+
+
+def _qwen2(tok):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return Qwen2ForCausalLM(cfg).eval()  # q/k/v biases and grouped-query attention, unlike the toy Llama
+
+
+@pytest.fixture(params=["c-kernel", "pytorch"])
+def attention_kernel(request, monkeypatch):
+    """Run the decode loop with its C attention kernel (rftkit/native), then with its PyTorch path."""
+    from rftkit import native
+
+    if request.param == "pytorch":
+        native.available()
+        monkeypatch.setattr(native, "_library", None)
+    return request.param
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-lora", "qwen2"])
+@pytest.mark.parametrize("sampling", [SamplingParams(max_new_tokens=12), SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12),
+                                      SamplingParams(temperature=0.0, max_new_tokens=12)], ids=["t1", "warped", "greedy"])
+def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling, attention_kernel):
+    from rftkit.models import apply_lora
+    from rftkit.rollout.decode import supports
+
+    model, tok = toy
+    if arch == "qwen2":
+        model = _qwen2(tok)
+    if arch == "llama-lora":
+        model = apply_lora(load_model(str(tok.name_or_path)), 4, 8.0, 0.0, "all-linear")
+        with torch.no_grad():  # a fresh adapter is zero: make it change the outputs
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    assert supports(model)
+    items = load_items(EXAMPLES / "val.jsonl")[:5]  # prompts of different lengths: left padding
+    for n in (1, 4):  # n = 1: a plain prefill; n = 4: the shared prefill
+        lean = _samples(HFEngine(model, tok, lean=True), items, n, sampling)
+        reference = _samples(HFEngine(model, tok, lean=False), items, n, sampling)
+        assert lean == reference
+        assert any(len(t) > 1 for t in lean)
+
+
+def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples(monkeypatch, attention_kernel):
+    # The bundled model stops after ~30 tokens at different lengths, so rows leave the loop
+    # mid-way (the toy model almost never emits its stop token); the random numbers stay the
+    # full batch's, so the tokens must still be generate()'s. Prompts of different lengths,
+    # and a batch that is not a multiple of the copies per prompt (batch_size 10, n 4).
+    from rftkit.rollout import decode
+
+    model, tok = load_model("bundled:tiny-arith"), load_tokenizer("bundled:tiny-arith")
+    selected = []
+    original = decode.SplitCache.select
+    monkeypatch.setattr(decode.SplitCache, "select", lambda self, rows: (selected.append(len(rows)), original(self, rows))[1])
+    items = load_items(EXAMPLES / "val.jsonl")[:6]
+    sampling = SamplingParams(max_new_tokens=40)
+    lean = _samples(HFEngine(model, tok, batch_size=10, lean=True), items, 4, sampling)
+    reference = _samples(HFEngine(model, tok, batch_size=10, lean=False), items, 4, sampling)
+    assert lean == reference
+    assert selected, "no row ever left the batch"
+    assert len({len(t) for t in lean}) > 3  # rows really did stop at different steps
+
+
+def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rftkit.rollout.decode import supports
+
+    model, tok = toy
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, eos_token_id=tok.eos_token_id))
+    assert supports(model) and not supports(gpt2)
+    engine = HFEngine(gpt2, tok)
+    assert not engine.lean
+    assert len(_samples(engine, load_items(EXAMPLES / "val.jsonl")[:2], 2, SamplingParams(max_new_tokens=4))) == 4
