@@ -169,7 +169,7 @@ def settings_table(cfg) -> list[tuple[str, str, str]]:
 
 def prompt_order(cfg, n_items: int) -> list[int]:
     """The item indices rftkit's Trainer trains on, step after step."""
-    from rftkit.train.loop import PromptSampler
+    from rftkit.data.sampler import PromptSampler
 
     sampler = PromptSampler(n_items, cfg.train.seed, cfg.data.shuffle)
     return [i for _ in range(cfg.train.steps) for i in sampler.take(cfg.train.prompts_per_step)]
@@ -201,55 +201,58 @@ def digest(token_rows: list[list[int]]) -> str:
 
 def child_rftkit(args) -> dict:
     import torch
-    from rftkit.train.loop import Trainer
+    from rftkit.models import stop_token_ids
+    from rftkit.train.loop import Callback, Trainer
     from rftkit.train.sinks import read_jsonl
 
     work = Path(tempfile.mkdtemp(prefix="bench-rftkit-"))
     cfg = rftkit_config(args, str(work / "run"))
 
-    class BenchTrainer(Trainer):
-        """rftkit's Trainer, plus: reseed before step 1 (to compare samples with TRL) and record what the metrics lack."""
+    class Bench(Callback):
+        """Reseeds before step 1 (to compare samples with TRL) and records what the metrics lack."""
 
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.starts, self.tokens, self.threads = [], [], []
-            self.rss_at_start = self.step1_digest = None
+        def __init__(self):
+            self.starts, self.tokens, self.threads, self.digests = [], [], [], []
+            self.rss_at_start = None
 
-        def _step(self, step):
+        def on_step_begin(self, step):
             self.starts.append(time.perf_counter())
             if step == 1:
                 self.rss_at_start = rss_mb()
                 torch.manual_seed(cfg.train.seed)
-            metrics = super()._step(step)
-            rows = [c.token_ids for g in self._groups for c in g.completions]
+
+        def on_step_end(self, step, result):
+            rows = [c.token_ids for g in result.groups for c in g.completions]
             self.tokens.append(sum(len(r) for r in rows))
             self.threads.append(torch.get_num_threads())
-            if step == 1:
-                self.step1_digest = digest(rows)
-            return metrics
+            self.digests.append(digest(rows))
+            if args.sync_rng:  # draw what TRL's shuffle_sequence_dict draws between generations (torch.randperm)
+                torch.randperm(len(rows))
 
-    trainer = BenchTrainer(cfg, quiet=True)
+    bench = Bench()
+    trainer = Trainer(cfg, quiet=True, callbacks=[bench])
     trainer.train()
     rows = read_jsonl(work / "run" / "metrics.jsonl")
-    opt = trainer.optimizer.param_groups[0]
+    opt = trainer.policy.optimizer.param_groups[0]
     return {
         "tool": "rftkit",
         "step_s": [r["perf/time_per_step"] for r in rows],
         "generate_s": [r["perf/time_generate"] for r in rows],
         "grade_s": [r["perf/time_grade"] for r in rows],
         "update_s": [r["perf/time_update"] for r in rows],
-        "iteration_s": [b - a for a, b in zip(trainer.starts, trainer.starts[1:])],
-        "completion_tokens": trainer.tokens,
+        "iteration_s": [b - a for a, b in zip(bench.starts, bench.starts[1:])],
+        "completion_tokens": bench.tokens,
         "mean_completion_length": [r["response_length/mean"] for r in rows],
         "reward": [r["critic/rewards/mean"] for r in rows],
         "grad_norm": [r["actor/grad_norm"] for r in rows],
         "entropy": [r["actor/entropy"] for r in rows],
         "peak_rss_mb": peak_rss_mb(),
-        "rss_at_train_start_mb": trainer.rss_at_start,
-        "threads": sorted(set(trainer.threads)),
-        "stop_ids": trainer.engine.stop_ids,
-        "step1_completions_digest": trainer.step1_digest,
-        "optimizer": {"type": type(trainer.optimizer).__name__, **{k: opt.get(k) for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")}},
+        "rss_at_train_start_mb": bench.rss_at_start,
+        "threads": sorted(set(bench.threads)),
+        "stop_ids": stop_token_ids(trainer.tokenizer, trainer.policy.module),
+        "step1_completions_digest": bench.digests[0],
+        "completions_digests": bench.digests,
+        "optimizer": {"type": type(trainer.policy.optimizer).__name__, **{k: opt.get(k) for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")}},
     }
 
 
@@ -311,8 +314,7 @@ def child_trl(args) -> dict:
         """GRPOTrainer, plus: reseed before the first generation and time generation and rewards."""
 
         def __init__(self, *a, **k):
-            self.gen_s, self.gen_tokens, self.reward_s = [], [], []
-            self.step1_digest = None
+            self.gen_s, self.gen_tokens, self.reward_s, self.digests = [], [], [], []
             super().__init__(*a, **k)
 
         def _generate(self, prompts):
@@ -324,8 +326,7 @@ def child_trl(args) -> dict:
             self.gen_s.append(time.perf_counter() - t0)
             completion_ids = out[1]
             self.gen_tokens.append(sum(len(c) for c in completion_ids))
-            if first:
-                self.step1_digest = digest([list(c) for c in completion_ids])
+            self.digests.append(digest([list(c) for c in completion_ids]))
             return out
 
         def _calculate_rewards(self, *a, **k):
@@ -375,7 +376,8 @@ def child_trl(args) -> dict:
         "prompt_ids_identical": True,
         "generation_config": {k: getattr(gen, k) for k in ("do_sample", "temperature", "top_p", "top_k", "min_p",
                                                            "repetition_penalty", "max_new_tokens", "eos_token_id", "pad_token_id")},
-        "step1_completions_digest": trainer.step1_digest,
+        "step1_completions_digest": trainer.digests[0],
+        "completions_digests": trainer.digests,
         "optimizer": {"type": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__,
                       **{k: opt.get(k) for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")}},
         "trl_version": trl.__version__,
@@ -406,6 +408,8 @@ def run_child(tool: str, args, log_dir: Path, round_: int) -> dict:
            "--num-generations", str(args.num_generations), "--max-new-tokens", str(args.max_new_tokens)]
     for pair in args.set:
         cmd += ["--set", pair]
+    if args.sync_rng:
+        cmd.append("--sync-rng")
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     print(f"round {round_ + 1}/{args.rounds}: {tool} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -446,6 +450,24 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+# two-sided 95% Student t quantiles by degrees of freedom (normal beyond the table)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+        24: 2.064, 30: 2.042}
+
+
+def reward_gap(rft: list[dict], trl_runs: list[dict]) -> dict:
+    """Per seed (round): rftkit's mean reward over the run minus TRL's, with the mean gap and its 95% t interval."""
+    by_round = {r["round"]: r for r in trl_runs}
+    gaps = [statistics.fmean(a["reward"]) - statistics.fmean(by_round[a["round"]]["reward"]) for a in rft if a["round"] in by_round]
+    out = {"per_seed": gaps, "seeds": len(gaps), "mean": statistics.fmean(gaps) if gaps else float("nan")}
+    if len(gaps) > 1:
+        se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+        t = T975.get(len(gaps) - 1) or next((v for k, v in sorted(T975.items()) if k >= len(gaps) - 1), 1.96)
+        out.update({"se": se, "ci95": [out["mean"] - t * se, out["mean"] + t * se]})
+    return out
+
+
 def checks(rft: list[dict], trl_runs: list[dict], rows: int) -> dict:
     a, b = rft[0], trl_runs[0]
     g1, g2 = a["grad_norm"][0], b["grad_norm"][0]
@@ -456,6 +478,9 @@ def checks(rft: list[dict], trl_runs: list[dict], rows: int) -> dict:
         "stop_ids": {"rftkit": a["stop_ids"], "trl": b["stop_ids"]},
         "trl_generation_config": b["generation_config"],
         "step1_completions_identical": a["step1_completions_digest"] == b["step1_completions_digest"],
+        # steps from the start whose completions are token-identical in both tools (with --sync-rng, many)
+        "identical_leading_steps": next((i for i, (x, y) in enumerate(zip(a["completions_digests"], b["completions_digests"]))
+                                         if x != y), min(len(a["completions_digests"]), len(b["completions_digests"]))),
         "step1_reward": {"rftkit": a["reward"][0], "trl": b["reward"][0]},
         "step1_grad_norm": {"rftkit": g1, "trl": g2},
         "step1_grad_norm_rel_diff": abs(g1 - g2) / max(abs(g1), 1e-12) if g1 is not None and g2 is not None else None,
@@ -467,6 +492,7 @@ def checks(rft: list[dict], trl_runs: list[dict], rows: int) -> dict:
         "optimizer": {"rftkit": a["optimizer"], "trl": b["optimizer"],
                       "equal": all(a["optimizer"].get(k) == b["optimizer"].get(k) for k in opt_keys)},
         "threads": {"rftkit": sorted({t for r in rft for t in r["threads"]}), "trl": sorted({t for r in trl_runs for t in r["threads"]})},
+        "reward_gap": reward_gap(rft, trl_runs),
     }
 
 
@@ -479,7 +505,12 @@ def report(cfg, summary: dict, chk: dict, args) -> None:
     print("\nfairness checks:")
     print(f"  prompt token ids identical ({chk['prompt_ids_checked']} prompts): {chk['prompt_ids_identical']}")
     print(f"  stop ids equal: {chk['stop_ids_equal']} {chk['stop_ids']}")
-    print(f"  step-1 completions token-identical (same seed): {chk['step1_completions_identical']}")
+    print(f"  step-1 completions token-identical (same seed): {chk['step1_completions_identical']}; "
+          f"identical leading steps: {chk['identical_leading_steps']}")
+    gap = chk["reward_gap"]
+    if "ci95" in gap:
+        print(f"  mean reward, rftkit - TRL, per seed over {gap['seeds']} seeds: {gap['mean']:+.4f} "
+              f"(s.e. {gap['se']:.4f}, 95% CI [{gap['ci95'][0]:+.4f}, {gap['ci95'][1]:+.4f}])")
     rel, norms = chk["step1_grad_norm_rel_diff"], chk["step1_grad_norm"]
     print(f"  step-1 grad norm rftkit {norms['rftkit']} vs TRL {norms['trl']}" + (f" (rel diff {rel:.1e})" if rel is not None else ""))
     print(f"  TRL token count = completions/mean_length x {args.prompts_per_step * args.num_generations}: {chk['trl_token_count_matches_logged_length']}; "
@@ -525,6 +556,9 @@ def parse(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=48, help="smoke tests only; the benchmark is 48")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra rftkit config override; TRL's settings follow it where they are derived from it")
+    p.add_argument("--sync-rng", action="store_true",
+                   help="rftkit also draws torch.randperm(rollouts) after each step, as TRL's shuffle_sequence_dict does, "
+                        "so both tools sample step k from the same random stream (docs/LOG.md: the reward gap)")
     p.add_argument("--verbose", action="store_true", help="stream the children's output instead of logging it")
     p.add_argument("--child", choices=["rftkit", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README and of CI: installs what the tests need, then runs them all.
+# The test command of the README and of CI: installs what the tests need, checks the import layering,
+# then runs every test.
 # Headless Chromium (Debian's chromium + chromium-driver) renders the HTML report in a test;
 # it is installed here when apt-get can run (root or sudo). Without it that test skips locally
 # and fails under CI=true.
@@ -15,4 +16,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 pip install torch==2.13.0
 pip install -e ".[test]"
+lint-imports  # the package layering (pyproject.toml [tool.importlinter]); a broken contract fails the run
 python -m pytest -q

@@ -71,6 +71,9 @@ class GRPOStage(GeneratingStage):
         n_tokens = sum(len(c.token_ids) for g in every.groups for c in g.completions)
         timing = {"perf/time_per_step": t_end - t0, "perf/time_update": t_end - t_update,
                   "perf/time_generate": every.generate_s, "perf/time_grade": every.grade_s,
+                  # the update's parts: loss forward + backward, optimizer (clip, step, schedule)
+                  "perf/time_backward": sum(u["time_backward"] for u in updates),
+                  "perf/time_optimizer": sum(u["time_optimizer"] for u in updates),
                   "perf/tokens_per_s": n_tokens / max(every.generate_s, 1e-9)}
         metrics = {**rollout_metrics(every.groups, every.grading), **self.update_metrics(updates, kl, bool(batch)),
                    **timing, **self.variant_metrics(batch, every, rewards)}
