@@ -19,7 +19,7 @@ import time
 
 from rftkit.algorithms.sft import sft_pairs_loss
 from rftkit.train.stages.base import StepResult
-from rftkit.train.stages.generating import GeneratingStage
+from rftkit.train.stages.grpo import GeneratingStage
 from rftkit.types import Group
 
 
