@@ -66,7 +66,7 @@ def test_kl_run_on_toy_model_loads_reference_and_logs_kl(tmp_path, toy_model_dir
     ])
     trainer = Trainer(cfg, quiet=True)
     trainer.train()
-    assert trainer.reference is not None
+    assert trainer.policy.reference is not None
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert rows[-1]["actor/kl"] is not None and rows[-1]["actor/kl"] >= 0.0
     assert rows[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update

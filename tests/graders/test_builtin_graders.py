@@ -438,7 +438,7 @@ def test_example_trl_reward_file_on_arithmetic_rows():
 
 def test_reward_function_through_the_executor(rewards_py):
     """The executor sends batches of up to batch_size from its worker threads."""
-    from rftkit.graders.executor import GraderExecutor as executor_cls
+    from rftkit.graders.executor import ThreadGraderExecutor as executor_cls
     g = rf(rewards_py, batch_size=2)
     module = sys_module(rewards_py)
     module.CALLS.clear()

@@ -240,12 +240,12 @@ def test_normalise_output():
 
 def test_executor_uses_the_graders_lane_and_deadline():
     """The sandbox's own kill (timeout_s) decides before the executor's deadline (timeout_s + 1)."""
-    from rftkit.graders.executor import GraderExecutor
+    from rftkit.graders.executor import ThreadGraderExecutor
 
     source = ("def grade(sample, item):\n    import time\n    if sample['output_text'] == 'hang':\n"
               "        time.sleep(60)\n    return len(sample['output_text'])\n")
     grader = build_grader({"type": "python", "source": source, "timeout_s": 1})
-    executor = GraderExecutor(grader, timeout_s=30, workers=16)
+    executor = ThreadGraderExecutor(grader, timeout_s=30, workers=16)
     calls = [(HUMANEVAL, text) for text in ("a", "hang", "abc", "hang", "ab")]
     scores, stats = executor.grade_calls(calls)
     assert [s.reward for s in scores] == [1.0, None, 3.0, None, 2.0]

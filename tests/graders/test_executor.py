@@ -7,8 +7,8 @@ import pytest
 
 from rftkit.errors import ConfigError
 from rftkit.graders import build_grader
-from rftkit.graders.executor import GraderExecutor
-from rftkit.types import Item, Score
+from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.types import Completion, Group, Item, Score
 
 ITEM = Item(id="q", messages=[{"role": "user", "content": "2+2?"}], reference_answer="4")
 
@@ -73,14 +73,14 @@ def calls(*texts):
 
 def test_batched_leaf_gets_batch_size_samples_per_call_in_order():
     leaf = Batched("b")
-    scores, stats = GraderExecutor(leaf, workers=2).grade_calls(calls("ok", "no", "ok", "ok", "no", "ok", "ok"))
+    scores, stats = ThreadGraderExecutor(leaf, workers=2).grade_calls(calls("ok", "no", "ok", "ok", "no", "ok", "ok"))
     assert [s.reward for s in scores] == [1, 0, 1, 1, 0, 1, 1]
     assert sorted(leaf.batches) == [1, 3, 3]  # ceil(7 / 3) calls
     assert stats.errors == 0
 
 
 def test_batch_with_wrong_number_of_scores_fails_those_samples_only():
-    scores, stats = GraderExecutor(Batched("b", wrong_length=True)).grade_calls(calls("ok", "ok", "ok", "ok"))
+    scores, stats = ThreadGraderExecutor(Batched("b", wrong_length=True)).grade_calls(calls("ok", "ok", "ok", "ok"))
     assert all(s.reward is None and "grade_batch returned 2 scores for 3 samples" in s.error for s in scores[:3])
     assert scores[3].reward is None  # the last batch has 1 sample and got 0 scores
     assert stats.errors == 4
@@ -88,7 +88,7 @@ def test_batch_with_wrong_number_of_scores_fails_those_samples_only():
 
 def test_composite_combines_children_graded_in_their_own_lanes():
     a, b = Leaf("a", scale=1.0), Leaf("b", scale=0.5)
-    scores, _ = GraderExecutor(Sum(a, b)).grade_calls(calls("abc", "", "abcdef"))
+    scores, _ = ThreadGraderExecutor(Sum(a, b)).grade_calls(calls("abc", "", "abcdef"))
     # reward = len + 10 * 0.5 * len = 6 * len
     assert [s.reward for s in scores] == [18.0, 0.0, 36.0]
     assert scores[0].breakdown == {"a": 3.0, "b": 1.5}
@@ -99,7 +99,7 @@ def test_slow_grader_does_not_starve_a_fast_one():
     """Each leaf has its own lane: the fast leaf's calls all finish while the slow one is still busy."""
     slow, fast = Leaf("slow", delay=0.2, concurrency=2), Leaf("fast", concurrency=1)
     t0 = time.monotonic()
-    scores, stats = GraderExecutor(Sum(fast, slow), workers=2).grade_calls(calls(*["x"] * 8))
+    scores, stats = ThreadGraderExecutor(Sum(fast, slow), workers=2).grade_calls(calls(*["x"] * 8))
     elapsed = time.monotonic() - t0
     assert all(s.reward == 11.0 for s in scores)
     assert slow.peak <= 2 and fast.peak == 1  # concurrency limits honoured
@@ -108,14 +108,37 @@ def test_slow_grader_does_not_starve_a_fast_one():
 
 def test_leaf_deadline_overrides_executor_timeout_and_failed_child_fails_the_sample():
     slow = Leaf("slow", delay=1.0, deadline_s=0.2)
-    scores, stats = GraderExecutor(Sum(Leaf("a"), slow), timeout_s=30).grade_calls(calls("ab", "cd"))
+    scores, stats = ThreadGraderExecutor(Sum(Leaf("a"), slow), timeout_s=30).grade_calls(calls("ab", "cd"))
     assert all(s.reward is None and s.error.startswith("unresponsive_reward_error: no answer within 0.2s") for s in scores)
     assert stats.timeouts == 2 and stats.errors == 2
 
 
+def test_score_returns_one_score_per_completion_per_group_and_writes_nothing_into_the_groups():
+    items = [Item(id=f"q{i}", messages=[{"role": "user", "content": "?"}]) for i in range(3)]
+    texts = [["a", "bb", "ccc"], ["dddd"], ["", "ee"]]
+    groups = [Group(item=item, prompt_ids=[1], completions=[Completion(t, [1], [], "stop") for t in ts])
+              for item, ts in zip(items, texts)]
+    executor = ThreadGraderExecutor(Sum(Leaf("a"), Leaf("b", scale=0.5)), workers=2)
+    scores, stats = executor.score(groups)
+    executor.close()
+    assert [len(s) for s in scores] == [len(ts) for ts in texts]
+    assert all(isinstance(s, Score) for per_group in scores for s in per_group)
+    # in order: reward = len + 10 * 0.5 * len
+    assert [[s.reward for s in per_group] for per_group in scores] == [[6.0 * len(t) for t in ts] for ts in texts]
+    assert stats.errors == 0 and len(stats.latencies) == 6
+    # the groups are as they were: no score attached in place
+    assert all(c.score is None for g in groups for c in g.completions)
+    assert [g.rewards for g in groups] == [[None] * len(ts) for ts in texts]
+    # Group.scored attaches them to a new group, leaving the original alone
+    scored = [g.scored(s) for g, s in zip(groups, scores)]
+    assert [g.rewards for g in scored] == [[6.0 * len(t) for t in ts] for ts in texts]
+    assert [c.text for g in scored for c in g.completions] == [t for ts in texts for t in ts]
+    assert all(c.score is None for g in groups for c in g.completions)
+
+
 def test_fault_injection_counts_match_what_the_executor_saw():
     grader = build_grader({"type": "answer_match", "fault": {"hang": 0.2, "raise": 0.1, "garbage": 0.1, "hang_s": 5, "seed": 3}})
-    executor = GraderExecutor(grader, timeout_s=0.2, workers=16)
+    executor = ThreadGraderExecutor(grader, timeout_s=0.2, workers=16)
     scores, stats = executor.grade_calls(calls(*["ANSWER: 4"] * 200))
     executor.close()
     injected = stats.injected

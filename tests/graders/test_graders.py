@@ -7,7 +7,7 @@ import pytest
 from rftkit.errors import ConfigError
 from rftkit.graders import build_grader
 from rftkit.graders.answer import AnswerMatchGrader, extract_answer
-from rftkit.graders.executor import GraderExecutor
+from rftkit.graders.executor import ThreadGraderExecutor
 from rftkit.types import Completion, Group, Item, Score
 
 ITEM = Item(id="q", messages=[{"role": "user", "content": "What is 47 + 18 - 9?"}], reference_answer="56")
@@ -75,12 +75,13 @@ def _groups(texts):
 
 
 def test_executor_masks_hangs_errors_and_garbage_without_stalling():
-    executor = GraderExecutor(FlakyGrader(), timeout_s=0.3, step_budget_s=10, workers=4)
+    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=0.3, step_budget_s=10, workers=4)
     groups = _groups(["good", "hang", "boom", "bad", "junk", "hang", "good"])
     t0 = time.monotonic()
-    stats = executor.score(groups)
+    scores, stats = executor.score(groups)
     elapsed = time.monotonic() - t0
     assert elapsed < 2.0, f"a hanging grader stalled the step for {elapsed:.1f}s"
+    groups = [g.scored(s) for g, s in zip(groups, scores)]
     rewards = groups[0].rewards
     assert rewards == [1.0, None, None, 0.0, None, None, 1.0]
     errors = [c.score.error for c in groups[0].completions]
@@ -90,14 +91,14 @@ def test_executor_masks_hangs_errors_and_garbage_without_stalling():
     assert stats.errors == 4 and stats.timeouts == 2 and len(stats.latencies) == 3
     # the pool was replaced, so the next step is not blocked by the two abandoned calls
     groups2 = _groups(["good"] * 8)
-    executor.score(groups2)
-    assert groups2[0].rewards == [1.0] * 8
+    scores2, _ = executor.score(groups2)
+    assert groups2[0].scored(scores2[0]).rewards == [1.0] * 8
 
 
 def test_step_budget_bounds_the_whole_step():
-    executor = GraderExecutor(FlakyGrader(), timeout_s=30, step_budget_s=0.5, workers=2)
+    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=30, step_budget_s=0.5, workers=2)
     groups = _groups(["hang", "hang", "good"])
     t0 = time.monotonic()
-    stats = executor.score(groups)
+    scores, stats = executor.score(groups)
     assert time.monotonic() - t0 < 2.0
-    assert stats.timeouts >= 2 and groups[0].rewards[:2] == [None, None]
+    assert stats.timeouts >= 2 and groups[0].scored(scores[0]).rewards[:2] == [None, None]

@@ -159,11 +159,11 @@ def test_batching_sends_ceil_n_over_batch_size_requests(serve):
 
 
 def test_executor_sends_batch_size_samples_per_call(serve):
-    from rftkit.graders.executor import GraderExecutor
+    from rftkit.graders.executor import ThreadGraderExecutor
 
     script = Script()
     g = grader(serve, serve(script), batch_size=3, concurrency=2)
-    executor = GraderExecutor(g, timeout_s=5.0)
+    executor = ThreadGraderExecutor(g, timeout_s=5.0)
     scores, stats = executor.grade_calls([(item(i), "ANSWER: 42" if i < 5 else "ANSWER: 0") for i in range(7)])
     assert [s.reward for s in scores] == [1.0] * 5 + [0.0] * 2
     assert sorted(len(p) for p in script.payloads) == [1, 3, 3] and stats.errors == 0

@@ -283,7 +283,7 @@ def test_label_model_config_errors():
 
 
 def test_multi_with_a_judge_child_through_the_executor(judge):
-    from rftkit.graders.executor import GraderExecutor
+    from rftkit.graders.executor import ThreadGraderExecutor
     from rftkit.types import Completion, Group
 
     judge.script = [chat('{"score": 0.6}'), chat("no idea")]  # first call scores 0.6, every later one is garbage
@@ -291,10 +291,10 @@ def test_multi_with_a_judge_child_through_the_executor(judge):
         "judge": {"type": "score_model", "model": "m", "input": PROMPT, "base_url": judge.base_url},
         "exact": {"type": "string_check", "operation": "like"}}})
     group = Group(item=ITEM, prompt_ids=[1], completions=[Completion("6*7 = 42", [1], [], "stop")])
-    GraderExecutor(grader, timeout_s=5, workers=2).score([group])
+    scores, _ = ThreadGraderExecutor(grader, timeout_s=5, workers=2).score([group])
     # judge 0.6, "42" in "6*7 = 42" -> 1; 0.5 * 0.6 + 0.5 * 1 = 0.8
-    score = group.completions[0].score
+    score = scores[0][0]
     assert score.reward == pytest.approx(0.8) and score.breakdown == {"judge": 0.6, "exact": 1.0, "judge/score": 0.6}
     group = Group(item=ITEM, prompt_ids=[1], completions=[Completion("42", [1], [], "stop")])
-    GraderExecutor(grader, timeout_s=5, workers=2).score([group])
-    assert group.completions[0].score.error.startswith("model_grader_parse_error: graders.judge: no score")
+    scores, _ = ThreadGraderExecutor(grader, timeout_s=5, workers=2).score([group])
+    assert scores[0][0].error.startswith("model_grader_parse_error: graders.judge: no score")

@@ -12,8 +12,8 @@ import yaml
 from tests.conftest import run_cli
 from rftkit.errors import ConfigError
 from rftkit.graders import build_grader, load_grader_spec
-from rftkit.graders.executor import GraderExecutor
-from rftkit.graders.reward_model import conversation_ids, score_pairs
+from rftkit.graders.executor import ThreadGraderExecutor
+from rftkit.models.reward import conversation_ids, score_pairs
 from rftkit.models import load_tokenizer, sft_example
 from rftkit.types import Item
 
@@ -115,7 +115,7 @@ def test_sigmoid_is_sigmoid_of_the_raw_score(rm_dir, hand_scores):
 
 def test_executor_grades_through_grade_batch(rm_dir, hand_scores):
     grader = build_grader({"type": "reward_model", "path": str(rm_dir), "batch_size": 2})
-    executor = GraderExecutor(grader, timeout_s=60)
+    executor = ThreadGraderExecutor(grader, timeout_s=60)
     try:
         scores, stats = executor.grade_calls(CALLS)
     finally:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rftkit.train.health import CHECKS, HealthMonitor, check_health
+from rftkit.metrics.health import CHECKS, HealthMonitor, check_health
 from rftkit.train.sinks import read_jsonl
 
 HEALTHY_RUN = Path(__file__).resolve().parents[1] / "data" / "healthy_grpo_metrics.jsonl"  # tests/data

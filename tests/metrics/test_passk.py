@@ -2,7 +2,7 @@
 
 import pytest
 
-from rftkit.eval.passk import pass_at_k
+from rftkit.metrics.passk import pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The shared-prefix training forward computes what the padded forward computes: log-probs and gradients."""
+"""The shared-prefix training forward (models/packed.py) computes what the padded forward computes: log-probs and gradients."""
 
 import random
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
-from rftkit.algorithms.grpo_update import grpo_update
-from rftkit.algorithms.shared_prefix import Layout, completion_logprobs, usable
+import rftkit.policy.local
 from rftkit.models import apply_lora, load_model
-from rftkit.types import Completion, Group, Item, Score
+from rftkit.models.batching import pack_prompt_completion, token_logprobs
+from rftkit.models.layout import packed_forward_usable
+from rftkit.models.packed import Layout, packed_logprobs, policy_logprobs
+from rftkit.policy import LocalPolicy, LossSpec, Row
 
 
 def _qwen2(vocab: int):
@@ -69,10 +70,10 @@ def _grads(model):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_shared_prefix_logprobs_and_gradients_equal_the_padded_forward(toy_model_dir, arch, temperature):
     model = _model(arch, toy_model_dir)
-    assert usable(model)
+    assert packed_forward_usable(model)
     prompts, completions = _batch()
     expected = _padded_logprobs(model, prompts, completions, temperature)
-    logp, mask = completion_logprobs(model, prompts, completions, temperature)
+    logp, mask = packed_logprobs(model, prompts, completions, temperature)
     assert logp.shape == mask.shape == (len(completions), max(len(c) for c in completions))
     assert mask.sum(-1).tolist() == [len(c) for c in completions]
     got = logp[mask.bool()]
@@ -106,29 +107,53 @@ def test_layout_forwards_each_prompt_once_and_no_completion_padding():
 def test_a_single_token_completion_batch_has_no_flat_tokens(toy_model_dir):
     model = _model("llama", toy_model_dir)
     prompts, completions = [[5, 6, 7], [5, 6, 7], [9, 8]], [[11], [12], [13]]
-    logp, mask = completion_logprobs(model, prompts, completions)
+    logp, mask = packed_logprobs(model, prompts, completions)
     assert_close(logp[mask.bool()], _padded_logprobs(model, prompts, completions), atol=1e-5, rtol=1e-5)
 
 
-def _groups(prompts, completions, per_group, advantages):
-    out = []
-    for g in range(0, len(prompts), per_group):
-        comps = [Completion("", c, [0.0] * len(c), "stop", score=Score(1.0), advantage=a)
-                 for c, a in zip(completions[g:g + per_group], advantages[g:g + per_group])]
-        out.append(Group(Item(f"q{g}", [{"role": "user", "content": "?"}]), prompts[g], comps))
-    return out
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_policy_logprobs_gives_the_same_values_and_layout_packed_or_padded(toy_model_dir, arch):
+    model = _model(arch, toy_model_dir)
+    prompts, completions = _batch(seed=2)
+    auto, auto_mask = policy_logprobs(model, prompts, completions, 0.7, 0)  # packed: the model allows it
+    packed, packed_mask = packed_logprobs(model, prompts, completions, 0.7)
+    padded, padded_mask = policy_logprobs(model, prompts, completions, 0.7, 0, packed=False)
+    logits_fn = lambda i, a: model(input_ids=i, attention_mask=a, use_cache=False).logits  # noqa: E731
+    via_fn, fn_mask = policy_logprobs(model, prompts, completions, 0.7, 0, logits_fn=logits_fn)  # always padded
+    shape = (len(completions), max(len(c) for c in completions))
+    for logp, mask in ((auto, auto_mask), (padded, padded_mask), (via_fn, fn_mask)):
+        assert logp.shape == mask.shape == shape
+        assert_close(mask, packed_mask)
+        assert (logp[~mask.bool()] == 0).all()
+    assert_close(auto, packed, atol=0, rtol=0)
+    assert_close(padded, packed, atol=1e-5, rtol=1e-5)
+    assert_close(via_fn, padded, atol=0, rtol=0)
+    assert_close(padded[padded_mask.bool()], _padded_logprobs(model, prompts, completions, 0.7), atol=1e-6, rtol=1e-6)
+
+
+def _rows(prompts, completions, advantages):
+    return [Row(p, c, advantage=a) for p, c, a in zip(prompts, completions, advantages)]
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
-def test_grpo_update_gradient_is_the_same_with_and_without_the_shared_prefix(toy_model_dir, aggregation):
+def test_grpo_update_gradient_is_the_same_with_and_without_the_shared_prefix(toy_model_dir, aggregation, monkeypatch):
     model = _model("llama", toy_model_dir)
+    assert packed_forward_usable(model)  # so the unpatched run below takes the shared-prefix forward
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    policy = LocalPolicy(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                         micro_batch_size=5, pad_id=0)
     prompts, completions = _batch(seed=3)
     advantages = [random.Random(i).uniform(-1, 1) for i in range(len(prompts))]
     advantages[4:8] = [0.0] * 4  # a group with no spread is skipped by both paths
-    groups = _groups(prompts, completions, 4, advantages)
+    rows = _rows(prompts, completions, advantages)
+    spec = LossSpec(epsilon=0.2, aggregation=aggregation, max_new_tokens=17)
     results = {}
     for shared in (False, True):
-        sums = grpo_update(model, groups, 0, 5, 0.2, aggregation=aggregation, max_new_tokens=17, shared_prefix=shared)
+        with monkeypatch.context() as m:
+            if not shared:  # the update as for a model the shared-prefix forward cannot run: the padded forward
+                m.setattr(rftkit.policy.local, "packed_forward_usable", lambda module: False)
+            # update() would step the optimizer and clear the gradients: read them off the accumulation it runs
+            sums = policy._accumulate_grpo(rows, spec)
         results[shared] = (_grads(model), sums)
     (plain, plain_sums), (fast, fast_sums) = results[False], results[True]
     assert _relative_difference(fast, plain) < 1e-5

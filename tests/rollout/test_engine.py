@@ -1,14 +1,16 @@
 """Fast unit tests of rollout on a toy model: the HF engine, sampling, shared prefill and the lean decode loop."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
 
 from tests.conftest import EXAMPLES
 
-from rftkit.algorithms.common import pack_prompt_completion, token_logprobs
 from rftkit.data import load_items
 from rftkit.models import load_model, load_tokenizer
+from rftkit.models.batching import pack_prompt_completion, token_logprobs
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
 
@@ -53,8 +55,12 @@ def test_sampling_entropy_and_tempered_logprobs_match_the_training_forward(toy, 
         logits = model(input_ids=ids, attention_mask=attention).logits / temperature  # [B, T, V]
     logp = torch.log_softmax(logits[:, :-1], -1)
     entropy = -(logp.exp() * logp).sum(-1)  # [B, T-1]
+    # each completion carries its tokens' summed entropy; over the batch that is the mean per token
+    # rollout_metrics reports as actor/entropy
+    for row, c in enumerate(comps):
+        assert c.entropy == pytest.approx((entropy[row] * mask[row]).sum().item(), rel=1e-4)
     expected = (entropy * mask).sum() / mask.sum()
-    assert engine.mean_entropy == pytest.approx(expected.item(), rel=1e-4)
+    assert sum(c.entropy for c in comps) / sum(len(c.token_ids) for c in comps) == pytest.approx(expected.item(), rel=1e-4)
     sampled = token_logprobs(logits, ids)
     for row, c in enumerate(comps):
         start = len(prompts[row]) - 1
@@ -150,7 +156,7 @@ def attention_kernel(request, monkeypatch):
                                       SamplingParams(temperature=0.0, max_new_tokens=12)], ids=["t1", "warped", "greedy"])
 def test_lean_decode_samples_the_same_tokens_as_generate(toy, arch, sampling, attention_kernel):
     from rftkit.models import apply_lora
-    from rftkit.rollout.decode import supports
+    from rftkit.models.layout import supports
 
     model, tok = toy
     if arch == "qwen2":
@@ -183,17 +189,23 @@ def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples
     monkeypatch.setattr(decode.SplitCache, "select", lambda self, rows: (selected.append(len(rows)), original(self, rows))[1])
     items = load_items(EXAMPLES / "val.jsonl")[:6]
     sampling = SamplingParams(max_new_tokens=40)
-    lean = _samples(HFEngine(model, tok, batch_size=10, lean=True), items, 4, sampling)
-    reference = _samples(HFEngine(model, tok, batch_size=10, lean=False), items, 4, sampling)
+    runs = {}
+    for mode in (True, False):
+        torch.manual_seed(5)
+        runs[mode] = [c for g in HFEngine(model, tok, batch_size=10, lean=mode).generate(items, 4, sampling) for c in g.completions]
+    lean, reference = ([c.token_ids for c in runs[mode]] for mode in (True, False))
     assert lean == reference
     assert selected, "no row ever left the batch"
+    # each row's entropy is metered into its own slot, also after rows left the batch
+    assert_close(torch.tensor([c.entropy for c in runs[True]]), torch.tensor([c.entropy for c in runs[False]]),
+                 atol=1e-4, rtol=1e-4)
     assert len({len(t) for t in lean}) > 3  # rows really did stop at different steps
 
 
 def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from rftkit.rollout.decode import supports
+    from rftkit.models.layout import supports
 
     model, tok = toy
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, eos_token_id=tok.eos_token_id))
@@ -201,3 +213,51 @@ def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
     engine = HFEngine(gpt2, tok)
     assert not engine.lean
     assert len(_samples(engine, load_items(EXAMPLES / "val.jsonl")[:2], 2, SamplingParams(max_new_tokens=4))) == 4
+
+
+def _sgd_policy(module):
+    from rftkit.policy import LocalPolicy
+
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    return LocalPolicy(module, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0))
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "generate"])
+def test_completions_carry_their_entropy_and_the_version_of_the_weights_that_sampled_them(toy_model_dir, lean):
+    model, tok = load_model(str(toy_model_dir)), load_tokenizer(str(toy_model_dir))
+    engine = HFEngine(model, tok, batch_size=5, lean=lean)  # 3 items x 3: two batches, the second partial
+    assert engine.lean == lean
+    items = load_items(EXAMPLES / "val.jsonl")[:3]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8)
+
+    def completions():
+        torch.manual_seed(0)
+        return [c for g in engine.generate(items, 3, sampling) for c in g.completions]
+
+    first = completions()
+    assert len(first) == 9
+    for c in first:
+        assert math.isfinite(c.entropy) and c.entropy > 0
+        assert c.version == 0
+    engine.update_weights(_sgd_policy(model), 7)  # a policy over the engine's own module: nothing to copy
+    assert engine.version == 7
+    again = completions()
+    assert [c.version for c in again] == [7] * 9
+    assert [c.token_ids for c in again] == [c.token_ids for c in first]  # same weights, same seed
+    assert all(math.isfinite(c.entropy) and c.entropy > 0 for c in again)
+
+    # weights from elsewhere: a state dict, or a policy over another module, are loaded into the engine's module
+    other = load_model(str(toy_model_dir))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    engine.update_weights({n: p.detach().clone() for n, p in other.named_parameters()}, 8)
+    for (name, mine), theirs in zip(model.named_parameters(), other.parameters()):
+        assert torch.equal(mine, theirs), name
+    assert {c.version for c in completions()} == {8}
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    engine.update_weights(_sgd_policy(other), 9)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+    assert {c.version for c in completions()} == {9}

@@ -19,7 +19,7 @@ def test_grpo_steps_on_cuda_in_bf16(tmp_path):
     ])
     trainer = Trainer(cfg, quiet=True)
     final = trainer.train()
-    assert next(trainer.model.parameters()).is_cuda
+    assert next(trainer.policy.module.parameters()).is_cuda
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 3 and all(r["actor/grad_norm"] is not None for r in rows)
     assert (final / "model.safetensors").exists()

@@ -4,7 +4,7 @@ Config refusal of unknown variant names; dynamic sampling's refill; mu > 1 (rati
 from 1 and clip); KL as a reward penalty or a loss term; the overlong penalty; init_from a
 run, a checkpoint and a LoRA checkpoint, with lineage.json. Clip-higher against hand-worked
 numbers is in tests/algorithms/test_grpo.py (test_clip_higher_by_hand); the update with stored
-old log-probs in tests/algorithms/test_grpo_update.py.
+old log-probs in tests/policy/test_grpo_update.py.
 
 The grader is a TRL-style reward function written to tmp_path: a coin that pays 1 for about
 one completion in five, decided by a hash of the text, so it is deterministic and some groups
@@ -13,7 +13,6 @@ are all-equal while others are not.
 
 import math
 import re
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ from rftkit.config import load_config
 from rftkit.errors import ConfigError, UserError
 from rftkit.models import load_model
 from rftkit.train.lineage import read_lineage
-from rftkit.train.loop import Trainer
+from rftkit.train.loop import Callback, Trainer
 from rftkit.train.sinks import read_jsonl
 from rftkit.train.stages import STAGES
 from rftkit.train.stages.grpo import GRPOStage
@@ -64,8 +63,18 @@ def grpo_config(toy_model_dir, run_dir, *overrides):
     ])
 
 
-def train(cfg) -> tuple[Trainer, list[dict]]:
-    trainer = Trainer(cfg, quiet=True)
+class StepResults(Callback):
+    """Keeps every step's StepResult (its graded groups and advantages)."""
+
+    def __init__(self):
+        self.results = {}
+
+    def on_step_end(self, step, result):
+        self.results[step] = result
+
+
+def train(cfg, callbacks=()) -> tuple[Trainer, list[dict]]:
+    trainer = Trainer(cfg, quiet=True, callbacks=callbacks)
     trainer.train()
     return trainer, read_jsonl(trainer.run_dir / "metrics.jsonl")
 
@@ -194,9 +203,10 @@ def test_kl_k1_is_zero_before_the_first_update_and_not_after(tmp_path, toy_model
 
 
 def test_overlong_penalty_lowers_shaped_rewards_by_length(tmp_path, toy_model_dir, graders):
+    seen = StepResults()
     trainer, rows = train(grpo_config(toy_model_dir, tmp_path / "run", *graders["coin"], "train.steps=1",
-                                      "algorithm.overlong_buffer=4"))
-    completions = [c for g in trainer.stage.groups for c in g.completions]
+                                      "algorithm.overlong_buffer=4"), callbacks=[seen])
+    completions = [c for g in seen.results[1].groups for c in g.completions]
     lengths = [len(c.token_ids) for c in completions]
     rewards = [c.score.reward for c in completions]
     # max_new_tokens 8, buffer 4: no penalty up to 4 tokens, then -1/4 per token, -1 at 8
@@ -212,11 +222,12 @@ def test_shaped_rewards_by_hand():
     # max_new_tokens 8, buffer 4, penalty 0.5: lengths 2, 5, 6, 8 -> penalties 0, -0.125, -0.25, -0.5.
     # A failed grading stays NaN; the Score's reward is untouched.
     cfg = load_config(None, ["rollout.max_new_tokens=8", "algorithm.overlong_buffer=4", "algorithm.overlong_penalty=0.5"])
-    stage = GRPOStage(SimpleNamespace(cfg=cfg))
+    stage = GRPOStage(cfg)
     rewards = [1.0, 1.0, 0.0, None]
     completions = [Completion("", [5] * n, [], "stop", Score(reward=r)) for n, r in zip((2, 5, 6, 8), rewards)]
     group = Group(Item("q", [{"role": "user", "content": "?"}]), [1], completions)
-    shaped = stage._shaped_rewards([group])
+    shaped, kl = stage.shaped_rewards([group])
+    assert kl is None  # no KL reward penalty configured
     assert_close(shaped, torch.tensor([[1.0, 0.875, -0.25, float("nan")]]), equal_nan=True)
     assert [c.score.reward for c in completions] == rewards
 
@@ -237,7 +248,7 @@ def test_init_from_a_run_starts_from_its_final_model(tmp_path, toy_model_dir, ru
     assert differing(weights(toy_model_dir), final)  # A trained: starting from it is not starting from the toy model
     trainer = setup_only(grpo_config(toy_model_dir, tmp_path / "b", f"init_from={run_a}"))
     assert trainer.model_path == str(run_a / "final")
-    assert not differing(final, trainer.model.state_dict())
+    assert not differing(final, trainer.policy.module.state_dict())
     assert not (tmp_path / "b" / "init").exists()  # a final model is loaded as it is, not copied
 
 
@@ -253,7 +264,7 @@ def test_init_from_a_checkpoint_rebuilds_it_and_chains_lineage(tmp_path, toy_mod
     sft = EXAMPLES.parent / "sft"
     trainer = setup_only(grpo_config(toy_model_dir, c, f"init_from={b}", "algorithm.name=sft",
                                      f"data.train={sft / 'train.jsonl'}", f"data.val={sft / 'val.jsonl'}"))
-    assert not differing(weights(b / "final"), trainer.model.state_dict())
+    assert not differing(weights(b / "final"), trainer.policy.module.state_dict())
     lineage = read_lineage(c)
     assert [e["run_dir"] for e in lineage] == [str(p.resolve()) for p in (run_a, b, c)]
     assert [e["algorithm"] for e in lineage] == ["grpo", "grpo", "sft"]
@@ -299,7 +310,7 @@ def test_init_from_a_lora_checkpoint_merges_the_adapter(tmp_path, toy_model_dir,
     assert changed, "the adapter did not train: the test would not tell a merged model from the base"
     for name in expected:
         assert_close(rebuilt[name], expected[name], msg=name)
-    assert not differing(rebuilt, trainer.model.state_dict())
+    assert not differing(rebuilt, trainer.policy.module.state_dict())
     assert read_lineage(b)[-1]["checkpoint"] == "step-000001"
 
 

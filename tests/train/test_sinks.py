@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rftkit.errors import UserError
-from rftkit.train.sinks import make_sinks, metric_name_from_mlflow_key, mlflow_key, read_jsonl
+from rftkit.train.sinks import JsonlSink, make_sinks, metric_name_from_mlflow_key, mlflow_key, read_jsonl
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -180,6 +180,23 @@ def test_jsonl_only_needs_no_optional_package(tmp_path, monkeypatch):
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "actor/kl": None, "actor/entropy": 1.5}]
 
 
+def test_jsonl_sink_writes_samples_and_events_to_their_own_files(tmp_path):
+    sink = JsonlSink(tmp_path / "metrics.jsonl", tmp_path / "samples.jsonl", tmp_path / "events.jsonl")
+    sink.log(1, {"actor/kl": 0.5})
+    sink.samples(1, [{"step": 1, "completion": "a", "advantage": 0.5}, {"step": 1, "completion": "b", "advantage": -0.5}])
+    sink.event(2, "checkpoint", {"path": "p"})
+    sink.samples(3, [])  # nothing to write
+    sink.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "actor/kl": 0.5}]
+    assert [r["completion"] for r in read_jsonl(tmp_path / "samples.jsonl")] == ["a", "b"]
+    assert read_jsonl(tmp_path / "events.jsonl") == [{"step": 2, "event": "checkpoint", "path": "p"}]
+    quiet = JsonlSink(tmp_path / "only-metrics.jsonl")  # no samples or events paths: those are dropped
+    quiet.samples(1, [{"step": 1}])
+    quiet.event(1, "checkpoint", {})
+    quiet.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "metrics.jsonl", "only-metrics.jsonl", "samples.jsonl"]
+
+
 def test_a_training_run_writes_the_same_values_to_all_three_sinks(tmp_path, toy_model_dir):
     from tests.conftest import EXAMPLES
 
@@ -201,3 +218,45 @@ def test_a_training_run_writes_the_same_values_to_all_three_sinks(tmp_path, toy_
     for name, by_step in expected.items():
         assert dict(tb[name]) == pytest.approx(by_step, rel=1e-6), name
         assert dict(mlflow_history(uri, run.info.run_id, mlflow_key(name))) == pytest.approx(by_step), name
+
+
+def test_a_grpo_run_writes_samples_with_advantages_and_a_checkpoint_event(tmp_path, toy_model_dir):
+    import json
+
+    import torch
+
+    from tests.train.test_grpo_variants import COIN, StepResults, grpo_config
+
+    from rftkit.algorithms.grpo import group_mean_std
+    from rftkit.train.loop import Trainer
+
+    (tmp_path / "coin_reward.py").write_text(COIN)  # pays 1 for about one completion in five: advantages vary
+    run_dir = tmp_path / "run"
+    cfg = grpo_config(toy_model_dir, run_dir, "grader.type=reward_function", f"grader.path={tmp_path / 'coin_reward.py'}",
+                      "train.steps=3", "run.sample_interval=2", "run.samples_per_write=2", "run.checkpoint_interval=2")
+    seen = StepResults()
+    Trainer(cfg, quiet=True, callbacks=[seen]).train()
+
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    assert sorted({r["step"] for r in samples}) == [1, 2]  # step 1, then every sample_interval steps
+    for step in (1, 2):
+        rows = [r for r in samples if r["step"] == step]
+        result = seen.results[step]
+        groups = result.groups[:2]  # samples_per_write groups
+        assert len(rows) == sum(len(g.completions) for g in groups) == 8
+        assert all({"completion", "reward", "advantage", "item_id"} <= r.keys() for r in rows)
+        assert [r["item_id"] for r in rows] == [g.item.id for g in groups for _ in g.completions]
+        assert [r["reward"] for r in rows] == [c.score.reward for g in groups for c in g.completions]
+        assert [r["advantage"] for r in rows] == [round(a, 4) for per_group in result.advantages[:2] for a in per_group]
+        # the advantage is the group's normalised reward (group_mean_std), worked from the logged rewards
+        rewards = torch.tensor([[r["reward"] for r in rows[i : i + 4]] for i in (0, 4)])
+        want = group_mean_std(rewards).flatten().tolist()
+        assert [r["advantage"] for r in rows] == pytest.approx(want, abs=1e-4)
+    assert any(r["advantage"] != 0 for r in samples), "every sampled group was all-equal: the test shows nothing"
+
+    events = read_jsonl(run_dir / "events.jsonl")
+    checkpoints = [e for e in events if e["event"] == "checkpoint"]
+    assert [e["step"] for e in checkpoints] == [2]  # checkpoint_interval 2 of 3 steps
+    assert checkpoints[0]["path"] == str(run_dir / "checkpoints" / "step-000002")
+    assert (run_dir / "checkpoints" / "step-000002" / "trainer_state.json").exists()
+    assert json.loads((run_dir / "checkpoints" / "step-000002" / "trainer_state.json").read_text())["step"] == 2

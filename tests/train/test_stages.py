@@ -31,7 +31,7 @@ from rftkit.algorithms.sft import conversation_examples, sft_pairs_loss
 from rftkit.config import load_config
 from rftkit.errors import ConfigError, UserError
 from rftkit.graders import build_grader
-from rftkit.graders.reward_model import conversation_ids, score_pairs
+from rftkit.models.reward import conversation_ids, score_pairs
 from rftkit.models import load_model, load_tokenizer, prompt_ids
 from rftkit.train.loop import Trainer
 from rftkit.train.sinks import read_jsonl
@@ -89,7 +89,7 @@ def run_stage(name: str, folder: Path, model, *overrides: str) -> SimpleNamespac
     start = probe(stage_config(name, folder, model, "probe", *overrides))
     trainer = quiet_trainer(stage_config(name, folder, model, "run", *overrides))
     final = trainer.train()
-    return SimpleNamespace(trainer=trainer, start=start, before=trainables(start.model), final=final,
+    return SimpleNamespace(trainer=trainer, start=start, before=trainables(start.policy.module), final=final,
                            rows=read_jsonl(folder / "run" / "metrics.jsonl"))
 
 
@@ -141,7 +141,7 @@ STAGE_METRICS = {  # (logged every step, logged at validation)
 @pytest.mark.parametrize("name", list(STAGE_METRICS))
 def test_stage_changes_every_parameter_logs_its_metrics_and_saves_a_loadable_model(runs, name):
     run = runs(name)
-    after = trainables(run.trainer.model)
+    after = trainables(run.trainer.policy.module)
     assert after.keys() == run.before.keys() and after
     unchanged = [n for n in after if torch.equal(after[n], run.before[n])]
     assert not unchanged, f"{name}: parameters not updated: {unchanged}"
@@ -239,11 +239,11 @@ def test_sft_first_step_loss_is_the_hand_loss_with_and_without_packing(tmp_path,
 # ---- 3. SFT with LoRA ------------------------------------------------------------------------------
 def test_sft_lora_trains_only_the_adapter_and_final_loads_merged(runs, toy_model_dir):
     run = runs("sft", "lora.enabled=true", "lora.rank=4")
-    model = run.trainer.model
+    model = run.trainer.policy.module
     trained = trainables(model)
     assert trained and all("lora_" in n for n in trained), sorted(trained)[:5]
     assert not [n for n in trained if torch.equal(trained[n], run.before[n])]  # A moves once B is non-zero
-    start = dict(run.start.model.named_parameters())
+    start = dict(run.start.policy.module.named_parameters())
     frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(torch.equal(p, start[n]) for n, p in frozen), "a base weight changed under LoRA"
 
@@ -306,7 +306,7 @@ def assert_grader_matches_model(final: Path, model, tokenizer) -> None:
 
 def test_reward_model_scores_are_centred_on_the_training_answers(runs):
     run = runs("reward_model")
-    stage, model = run.trainer.stage, run.trainer.model
+    stage, model = run.trainer.stage, run.trainer.policy.module
     answers = [ids for p in stage.examples for ids in (p["chosen"], p["rejected"])]
     with torch.no_grad():
         model.eval()
@@ -317,7 +317,7 @@ def test_reward_model_scores_are_centred_on_the_training_answers(runs):
 
 def test_reward_model_final_is_a_grader_with_the_trained_scores(runs):
     run = runs("reward_model")
-    assert_grader_matches_model(run.final, run.trainer.model, run.trainer.tokenizer)
+    assert_grader_matches_model(run.final, run.trainer.policy.module, run.trainer.tokenizer)
 
 
 def test_reward_model_lora_final_is_merged_and_grades(runs, toy_model_dir):
@@ -331,7 +331,7 @@ def test_reward_model_lora_final_is_merged_and_grades(runs, toy_model_dir):
     assert not torch.equal(saved[q], base[q]), "the adapter was not merged into final/"
     head = next(p for n, p in trained.items() if "score.modules_to_save" in n)
     assert not torch.equal(saved["score.weight"], head), "the head was not trained (or not saved)"
-    assert_grader_matches_model(run.final, run.trainer.model, run.trainer.tokenizer)
+    assert_grader_matches_model(run.final, run.trainer.policy.module, run.trainer.tokenizer)
 
 
 # ---- 6. rejection sampling ------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_rejection_sampling_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert [r["step"] for r in a if "rs/round" in r] == [1, 3] and a[2]["rs/kept"] > 0  # round 2 trains
     assert [r["train/loss"] for r in a] == [r["train/loss"] for r in b]
     at_3 = load_file(stopped / "checkpoints" / "step-000003" / "weights.safetensors")
-    end_a, end_b = trainables(full.model), trainables(resumed.model)
+    end_a, end_b = trainables(full.policy.module), trainables(resumed.policy.module)
     assert any(not torch.equal(end_b[n], at_3[n]) for n in at_3), "step 4 changed nothing; the test proves nothing"
     for n in end_a:
         assert torch.equal(end_a[n], end_b[n]), f"{n} differs after resume"

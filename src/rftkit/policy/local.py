@@ -21,6 +21,7 @@ The offline stages (SFT, DPO, reward model, A-SFT) bring their own loss: `update
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -147,10 +148,14 @@ class LocalPolicy:
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Trainable weights (all, or the LoRA adapter's), optimizer, schedule and version."""
+        """Trainable weights (all, or the LoRA adapter's), optimizer, schedule and version: a copy, not a view.
+
+        torch's Optimizer.state_dict() hands out its live moment tensors, and load_state_dict() keeps
+        tensors that already fit: without the deep copy, a policy loaded from another in the same
+        process would share its Adam moments with it, and a kept state would change with training."""
         weights = {n: p.detach().contiguous().clone() for n, p in self.module.named_parameters() if p.requires_grad}
-        return {"model": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "version": self.version}
+        return {"model": weights, "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scheduler": self.scheduler.state_dict(), "version": self.version}
 
     def load_state_dict(self, state: dict) -> None:
         expected = {n for n, p in self.module.named_parameters() if p.requires_grad}
