@@ -1,9 +1,9 @@
 """The training algorithms, each a Stage the shared loop drives: a table, loaded lazily.
 
 `algorithm.name` picks one; the loop (train/loop.py) owns everything they share: the run
-directory, model loading (with `init_from`), LoRA, optimizer, checkpoints, metrics sinks,
-health checks, Ctrl-C, and the final model. A stage owns its data, its step and its
-held-out metrics.
+directory, model loading (with `init_from`), LoRA, the Policy (optimizer, schedule, reference),
+checkpoints, sinks, health checks, Ctrl-C, and the final model. A stage owns its data, its
+step (returning a StepResult) and its held-out metrics, and trains only through its Policy.
 """
 
 from __future__ import annotations

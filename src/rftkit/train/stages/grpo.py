@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rftkit.algorithms.grpo import ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty, overlong_penalty, sequence_kl
+from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
+                                   overlong_penalty, sequence_kl)
 from rftkit.data.sampler import PromptSampler
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
