@@ -1,5 +1,5 @@
 """Each health warning fires on synthetic metrics that show its pattern, and stays silent on a healthy
-run: the real 250-step demo run (tests/data/healthy_grpo_metrics.jsonl) and a flat synthetic one."""
+run: the real 250-step demo run (tests/metrics/fixtures/healthy_grpo_metrics.jsonl) and a flat synthetic one."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 from rftkit.metrics.health import CHECKS, HealthMonitor, check_health
 from rftkit.train.sinks import read_jsonl
 
-HEALTHY_RUN = Path(__file__).resolve().parents[1] / "data" / "healthy_grpo_metrics.jsonl"  # tests/data
+HEALTHY_RUN = Path(__file__).resolve().parent / "fixtures" / "healthy_grpo_metrics.jsonl"
 
 
 def healthy_rows(n=60, **overrides):
