@@ -8,6 +8,7 @@ run's HTML report (DIR/grpo/report.html).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,19 +18,29 @@ from rich.table import Table
 from rftkit.config import load_config
 from rftkit.errors import UserError
 from rftkit.eval.run import run_eval
-from rftkit.models import DEFAULT_MODEL
+from rftkit.models import ASSETS, DEFAULT_MODEL
 from rftkit.report import write_report
+from rftkit.tasks.arithmetic import write_example_files
 from rftkit.train.loop import Trainer
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "arithmetic"
+PACKAGED_CONFIG = ASSETS / "demo" / "grpo.yaml"  # the same file as examples/arithmetic/grpo.yaml (tested)
 EVAL_SAMPLES = 8
 
 
-def _examples_dir() -> Path:
+def _examples_dir(out_dir: Path, console: Console) -> Path:
+    """examples/arithmetic/ of a clone (or the current folder); from an installed package, the same files
+    written into OUT/data by the task generator, next to the packaged config."""
     for candidate in (Path("examples/arithmetic"), REPO_EXAMPLES):
         if (candidate / "grpo.yaml").exists():
             return candidate
-    raise UserError("examples/arithmetic/ not found: run the demo from a clone of the rftkit repository")
+    if not PACKAGED_CONFIG.exists():
+        raise UserError(f"the demo's config {PACKAGED_CONFIG} is missing from this installation; reinstall rftkit")
+    data = out_dir / "data"
+    write_example_files(data)
+    shutil.copyfile(PACKAGED_CONFIG, data / "grpo.yaml")
+    console.print(f"examples/arithmetic/ not found here: wrote the demo's data and config to {data}")
+    return data
 
 
 def _fresh_dir(base: Path) -> Path:
@@ -41,12 +52,14 @@ def _fresh_dir(base: Path) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
-def run_demo(out_dir: Path | None, config: Path | None, console: Console, quiet: bool = False) -> dict:
-    examples = _examples_dir()
-    config = config or examples / "grpo.yaml"
+def run_demo(out_dir: Path | None, config: Path | None, console: Console, quiet: bool = False,
+             overrides: list[str] | None = None) -> dict:
+    """`overrides` are config key=value pairs, as for `rft train` (e.g. train.steps=20 for a short demo)."""
     out_dir = _fresh_dir(Path(out_dir or "runs/demo"))
+    examples = _examples_dir(out_dir, console)
+    config = config or examples / "grpo.yaml"
     test_file = examples / "test.jsonl"
-    cfg = load_config(config, [f"run.dir={out_dir / 'grpo'}"])
+    cfg = load_config(config, [*(overrides or []), f"run.dir={out_dir / 'grpo'}"])
     t0 = time.time()
 
     console.rule("1/3 baseline: the bundled model on the held-out test set")

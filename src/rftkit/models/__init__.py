@@ -7,6 +7,7 @@ for its location inside the installed package.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,7 +80,11 @@ def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: l
 
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task_type,
                      modules_to_save=modules_to_save)
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():
+        # peft's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing`: its call, not ours,
+        # and the user can do nothing about it; only that one message is silenced, and only here
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:

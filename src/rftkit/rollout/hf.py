@@ -11,6 +11,8 @@ training teaches the model to stop.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
@@ -86,6 +88,9 @@ class HFEngine:
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
         self.version = 0  # of the weights sampling now (update_weights)
+        # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name warns); 5.0 knows only the old one
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's forward takes **kwargs
+        self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def update_weights(self, state_or_policy, version: int) -> None:
         """This engine samples with the module it was given; a policy over that same module needs no copy.
@@ -140,7 +145,7 @@ class HFEngine:
             return_dict_in_generate=True,
             output_logits=self.return_logprobs,
             logits_processor=LogitsProcessorList([warper]),
-            past_key_values=cache,
+            **{self._cache_kw: cache},
         )
         self.model.train(was_training)
         new = out.sequences[:, width:].tolist()  # [B, N]
@@ -195,5 +200,5 @@ class HFEngine:
         """The KV cache of left-padded prompt ids [B, P'] (positions numbered as generate() does)."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
         return cache

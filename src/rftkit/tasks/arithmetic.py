@@ -71,3 +71,21 @@ def to_item(p: Problem, idx: int, split: str) -> dict:
         "reference_answer": str(p.answer),
         "solution": p.solution,
     }
+
+
+EXAMPLE_SIZES = {"train": (4000, 1), "val": (100, 2), "test": (300, 3)}  # split: (items, seed) of examples/arithmetic
+
+
+def write_example_files(out_dir) -> list:
+    """Write {train,val,test}.jsonl into `out_dir`: byte for byte the files in examples/arithmetic/ (tested)."""
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, (n, seed) in EXAMPLE_SIZES.items():
+        path = out_dir / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(to_item(p, i, split)) + "\n" for i, p in enumerate(sample_problems(n, split, seed=seed))))
+        written.append(path)
+    return written

@@ -108,8 +108,11 @@ class Trainer:
         if start_from is not None:
             check_compatible(start_from, cfg.algorithm.name)
         self._prepare_run_dir(resume)
-        self.console.rule("resolved config")  # also in quiet mode: logs should say what ran
-        self.console.print(cfg.to_yaml(), highlight=False, markup=False)
+        if self.quiet:  # the resolved config is in RUN_DIR/config.yaml either way
+            self.console.print(f"run directory: {self.run_dir} (resolved config: {self.run_dir / 'config.yaml'})", highlight=False)
+        else:
+            self.console.rule("resolved config")
+            self.console.print(cfg.to_yaml(), highlight=False, markup=False)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)

@@ -1,0 +1,1 @@
+"""Task generators: the bundled arithmetic task writes the demo's and the examples' data."""
