@@ -18,9 +18,11 @@ app = typer.Typer(help="rftkit: reinforcement fine-tuning for language models.",
 data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
 grader_app = typer.Typer(help="Try and check graders without a model.", no_args_is_help=True)
+config_app = typer.Typer(help="Show run configs: every key with its value, default and meaning.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(grader_app, name="grader")
+app.add_typer(config_app, name="config")
 err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by the `rft eval` commands: defined once so their names, defaults and help agree.
@@ -40,7 +42,9 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; a line every ~5% of the run"),
 ) -> None:
-    """Train (algorithm.name: grpo, sft, dpo, reward_model, rejection_sampling, asft); checkpoints and metrics go to run.dir."""
+    """Train (algorithm.name: grpo, sft, dpo, reward_model, rejection_sampling, asft); checkpoints and metrics go to run.dir.
+
+    Every config key, its default and its meaning: `rft config show [CONFIG] [key=value ...]`."""
     from rftkit.config import load_config
     from rftkit.train.loop import Trainer
 
@@ -53,6 +57,18 @@ def train(
     cfg = load_config(config_path, args)
     final = Trainer(cfg, err, quiet).train(resume=resume is not None)
     out.print(str(final))
+
+
+@config_app.command("show")
+def config_show(
+    args: list[str] = typer.Argument(None, help="CONFIG.yaml (default: none, the defaults), then key=value overrides"),
+) -> None:
+    """Print the resolved config, as `rft train` would run it: every section and key with its meaning and default."""
+    from rftkit.config import describe_config, load_config
+
+    args = list(args or [])
+    config_path = args.pop(0) if args and "=" not in args[0] else None
+    out.print(describe_config(load_config(config_path, args)), highlight=False, markup=False, soft_wrap=True)
 
 
 @data_app.command("validate")
@@ -214,12 +230,13 @@ def report(
 def demo(
     out_dir: Path = typer.Option(None, "--out", help="demo directory (default: runs/demo, or the next free runs/demo-N)"),
     config: Path = typer.Option(None, "--config", help="GRPO config (default: examples/arithmetic/grpo.yaml)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; a line every ~5% of the run"),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. train.steps=20"),
 ) -> None:
     """Baseline eval of the bundled model -> GRPO training -> eval of the trained model -> before/after table."""
     from rftkit.demo import run_demo
 
-    run_demo(out_dir, config, err, quiet)
+    run_demo(out_dir, config, err, quiet, overrides or [])
 
 
 def main() -> None:

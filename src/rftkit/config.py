@@ -2,10 +2,13 @@
 
     rft train examples/arithmetic/grpo.yaml train.steps=50 rollout.temperature=0.8
 
-Data files and local model folders named in a YAML file are relative to that file, so a
-config works from any directory; values given on the command line are relative to the
-current directory, like any other command-line path. Unknown keys and wrong types are a
-ConfigError naming the key (the CLI exits 2), before any model is loaded.
+Data files, local model folders and grader files named in a YAML file are relative to that
+file, so a config works from any directory; values given on the command line are relative to
+the current directory, like any other command-line path. A grader file (`grader: g.yaml`) is
+read when the config loads, so the resolved config (printed, saved as RUN_DIR/config.yaml)
+holds the grader object itself. Unknown keys and wrong types are a ConfigError naming the key
+(the CLI exits 2), before any model is loaded. `rft config show` prints every key with its
+default and its description, which lives once, in the `Field` below.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ class ModelConfig(Section):
 
 class LoraConfig(Section):
     enabled: bool = Field(False, description="train a LoRA adapter instead of all weights")
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
+    rank: int = Field(8, gt=0, description="rank r of the adapter's low-rank update matrices")
+    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | str = Field("all-linear", description="modules that get an adapter (peft "
+                                            "target_modules): all-linear or a list of names")
     merge_final: bool = Field(False, description="save the final model with the adapter merged into the weights")
 
 
@@ -53,10 +57,12 @@ class GradingConfig(Section):
 
 class RolloutConfig(Section):
     num_generations: int = Field(8, ge=2, description="completions per prompt (the group size)")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 = off")
-    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; the loss's log-probs use the same one")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens holding this "
+                         "probability mass; 1 = off")
+    top_k: int = Field(0, ge=0, description="sample only from the k most likely tokens; 0 = off")
+    max_new_tokens: int = Field(48, gt=0, description="longest completion in tokens; longer ones are cut off "
+                                "(see algorithm.overlong_buffer)")
     batch_size: int = Field(256, gt=0, description="rows generated together (memory bound)")
 
 
@@ -147,21 +153,23 @@ class ASFTConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(100, gt=0)
-    prompts_per_step: int = Field(16, gt=0)
+    steps: int = Field(100, gt=0, description="training steps of the run (GRPO: algorithm.updates_per_batch optimizer "
+                       "steps each); may be raised on --resume")
+    prompts_per_step: int = Field(16, gt=0, description="prompts per step, each a group of rollout.num_generations "
+                                  "completions (offline stages: examples or pairs)")
     micro_batch_size: int = Field(64, gt=0, description="rows per forward/backward pass")
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate, constant after the warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up from lr / warmup_steps to lr; 0 = none")
+    max_grad_norm: float = Field(1.0, gt=0, description="clip the gradient's global L2 norm to this before each optimizer step")
+    seed: int = Field(0, description="seed of torch, numpy, random and the prompt order")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
 
 
 class RunConfig(Section):
     dir: str = Field("runs/grpo", description="run directory (metrics, samples, checkpoints, final model)")
     checkpoint_interval: int = Field(25, ge=0, description="steps between checkpoints; 0 = only at the end")
-    keep_checkpoints: int = Field(2, gt=0)
+    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept in RUN_DIR/checkpoints; older ones are deleted")
     sample_interval: int = Field(10, ge=0, description="steps between writes to samples.jsonl; 0 = never")
     samples_per_write: int = Field(4, gt=0, description="groups written to samples.jsonl each time")
     eval_interval: int = Field(0, ge=0, description="steps between validations on data.val; 0 = never")
@@ -176,20 +184,33 @@ class RunConfig(Section):
 class Config(Section):
     init_from: str | None = Field(None, description="start from another run: RUN_DIR (its final model) or "
                                   "RUN_DIR/checkpoints/step-N; relative to the current directory, like run.dir")
-    model: ModelConfig = ModelConfig()
-    lora: LoraConfig = LoraConfig()
-    data: DataConfig = DataConfig()
-    grader: dict[str, Any] | str = Field(default_factory=lambda: {"type": "answer_match"})
-    grading: GradingConfig = GradingConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    sft: SFTConfig = SFTConfig()
-    dpo: DPOConfig = DPOConfig()
-    reward_model: RewardModelConfig = RewardModelConfig()
-    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
-    asft: ASFTConfig = ASFTConfig()
-    train: TrainConfig = TrainConfig()
-    run: RunConfig = RunConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="a LoRA adapter instead of training every weight")
+    data: DataConfig = Field(default_factory=DataConfig, description="training and validation files")
+    grader: dict[str, Any] | str = Field(
+        default_factory=lambda: {"type": "answer_match"},
+        description="scores each completion: a grader object ({type: string_check, ...}, docs/GRADERS.md), a type "
+        "name, or a YAML/JSON file holding one grader object (relative to the config file; on the command line, to "
+        "the current directory)",
+    )
+    grading: GradingConfig = Field(default_factory=GradingConfig, description="the grader executor: deadlines and concurrency")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="sampling completions (grpo, rejection_sampling)")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="the training algorithm and GRPO's loss")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="sft (and rejection_sampling's SFT steps): packing")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="dpo: the preference loss")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="reward_model: the Bradley-Terry loss")
+    rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
+                                                        description="rejection_sampling: rounds and what is kept")
+    asft: ASFTConfig = Field(default_factory=ASFTConfig, description="asft: advantage weights of logged answers")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the optimizer, the number of steps and the batch shape")
+    run: RunConfig = Field(default_factory=RunConfig, description="the run directory: checkpoints, samples, validation, loggers")
+
+    @field_validator("grader", mode="before")
+    @classmethod
+    def _grader_file(cls, value: Any) -> Any:
+        # A file named here came from the command line or from Python (the loader has already loaded the
+        # one a YAML file names, relative to that file), so it is relative to the current directory.
+        return grader_from_file(value, Path())
 
     @model_validator(mode="after")
     def _batch_shape(self) -> Config:
@@ -204,6 +225,48 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def describe_config(cfg: Config) -> str:
+    """`rft config show`: the config as YAML, every key commented with its meaning, and its default where it differs.
+
+        train:  # the optimizer, the number of steps and the batch shape
+          steps: 3               # default 100; training steps of the run ...
+          prompts_per_step: 16   # prompts per step, each a group of ...
+
+    The text is the config itself (valid YAML), so it can be saved as a starting config file.
+    """
+    lines = ["# every key with its meaning; `default X` marks a value that differs from its default"]
+    _describe(cfg, lines, "")
+    return "\n".join(lines)
+
+
+def _describe(model: BaseModel, lines: list[str], indent: str) -> None:
+    """Append `model`'s keys to `lines`: a section as a header and its keys below it, comments aligned per block."""
+    block: list[tuple[str, str]] = []  # (key: value, comment) of consecutive plain keys
+
+    def flush() -> None:
+        width = min(max((len(text) for text, _ in block), default=0), 40)
+        lines.extend(f"{text.ljust(width)}  # {comment}" for text, comment in block)
+        block.clear()
+
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            flush()
+            lines.append(f"{indent}{name}:  # {field.description}")
+            _describe(value, lines, indent + "  ")
+            continue
+        default = field.get_default(call_default_factory=True)
+        comment = field.description if value == default else f"default {_flow(default)}; {field.description}"
+        block.append((f"{indent}{name}: {_flow(value)}", comment))
+    flush()
+
+
+def _flow(value: Any) -> str:
+    """One value as one line of YAML (a grader object as {type: ..., ...})."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False).strip()
+    return text.removesuffix("...").strip()  # a bare scalar document ends with `...`
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -242,10 +305,40 @@ def _resolve_paths(data: dict, root: Path) -> None:
             candidate = root / value
             if section == "data" or candidate.exists():
                 data[section][key] = str(candidate)
-    if isinstance(data.get("grader"), dict):
+    if isinstance(data.get("grader"), str):  # loaded here, before the merge, so `grader.KEY=` overrides edit it
+        data["grader"] = grader_from_file(data["grader"], root)
+    elif isinstance(data.get("grader"), dict):
         from rftkit.graders.base import resolve_grader_paths
 
         data["grader"] = resolve_grader_paths(data["grader"], root)
+
+
+GRADER_FILE_SUFFIXES = (".yaml", ".yml", ".json")  # as rftkit.graders.load_grader_spec reads them
+
+
+def grader_from_file(value: Any, root: Path) -> Any:
+    """A grader named as a YAML/JSON file (relative to `root`) -> the grader object it holds; anything else as is.
+
+    The file's own file options (a `reward_function`'s `path`, a `json_schema`'s `schema_file`) become
+    relative to the grader file. The config then holds the grader object itself, so the config printed
+    and saved as RUN_DIR/config.yaml (what --resume reads) no longer needs the grader file.
+    """
+    if not isinstance(value, str) or Path(value).suffix.lower() not in GRADER_FILE_SUFFIXES:
+        return value  # a grader object, or a type name (checked when the grader is built)
+    from rftkit.graders.base import load_grader_spec
+
+    path = root / value  # an absolute value stays as it is
+    if not path.is_file():
+        raise ConfigError(f"grader: grader file not found: {path} (a path in a config file is relative to that "
+                          "file's folder; on the command line, to the current directory)")
+    try:
+        spec = load_grader_spec(str(path))
+    except UserError as exc:  # not valid YAML/JSON
+        raise ConfigError(f"grader: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"grader: {path} must hold one grader object, a mapping with a `type` "
+                          f"(got a {type(spec).__name__})")
+    return spec
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -253,7 +346,7 @@ def _format_validation(exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
-            rows.append(f"{where}: unknown key (check the spelling; `rft train --help` lists the sections)")
+            rows.append(f"{where}: unknown key (check the spelling; `rft config show` lists every section and key)")
         else:
             rows.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(rows)
