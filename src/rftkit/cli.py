@@ -44,7 +44,7 @@ def train(
 ) -> None:
     """Train (algorithm.name: grpo, sft, dpo, reward_model, rejection_sampling, asft); checkpoints and metrics go to run.dir.
 
-    Every config key, its default and its meaning: `rft config show [CONFIG] [key=value ...]`."""
+    Every config key, its default and its meaning: `rft config show CONFIG key=value ...`."""
     from rftkit.config import load_config
     from rftkit.train.loop import Trainer
 
