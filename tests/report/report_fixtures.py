@@ -2,7 +2,8 @@
 
 The numbers tell a story the report should show: reward rises, entropy collapses (so the real
 health checks warn), validation every 10 steps, a grader that sometimes times out, and a
-completion that tries to inject a script.
+completion that tries to inject a script. `make_run_dir(..., steps=10_000)` tells the same story
+over a long run; `write_evaluation` adds the held-out before/after files `rft demo` writes.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ run:
 """
 
 
-def metric_row(step: int) -> dict:
-    t = step / STEPS
+def metric_row(step: int, steps: int = STEPS) -> dict:
+    t = step / steps
     mean = 0.1 + 0.7 * t + 0.03 * math.sin(step)
     row = {
         "step": step,
@@ -62,11 +63,11 @@ def metric_row(step: int) -> dict:
     return row
 
 
-def sample_rows(step: int) -> list[dict]:
+def sample_rows(step: int, steps: int = STEPS) -> list[dict]:
     rows = []
     for i in range(4):
         a, b = step + i, 7 * i
-        good = (step + i) % 4 < 1 + 3 * step // STEPS  # more right answers later in the run
+        good = (step + i) % 4 < 1 + 3 * step // steps  # more right answers later in the run
         completion = f"{a} + {b} = {a + b}\nANSWER: {a + b if good else a + b + 1}"
         if step == 1 and i == 0:
             completion = f"ANSWER: {SCRIPT} & \"quotes\" 'too'"
@@ -84,12 +85,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def make_run_dir(root: Path, name: str = "run-arith") -> Path:
+def make_run_dir(root: Path, name: str = "run-arith", steps: int = STEPS) -> Path:
     """A run directory with metrics.jsonl (40 steps), samples.jsonl (steps 1, 5, 10, ...) and config.yaml."""
     run = Path(root) / name
     run.mkdir(parents=True)
-    write_jsonl(run / "metrics.jsonl", [metric_row(s) for s in range(1, STEPS + 1)])
-    sampled = [1] + list(range(5, STEPS + 1, 5))
-    write_jsonl(run / "samples.jsonl", [r for s in sampled for r in sample_rows(s)])
+    write_jsonl(run / "metrics.jsonl", [metric_row(s, steps) for s in range(1, steps + 1)])
+    sampled = [1] + list(range(5, steps + 1, 5))
+    write_jsonl(run / "samples.jsonl", [r for s in sampled for r in sample_rows(s, steps)])
     (run / "config.yaml").write_text(CONFIG)
     return run
+
+
+# What `rft eval run --out` writes (src/rftkit/eval/run.py) for the base and for the tuned model.
+EVAL_BASE = {"pass@1": 0.2, "pass@8": 0.5, "reward_mean": 0.3, "n_items": 50, "grader_errors": 0,
+             "model": "bundled:tiny-arith", "data": "examples/arithmetic/test.jsonl", "samples": 8,
+             "temperature": 1.0, "seed": 0}
+EVAL_TUNED = {**EVAL_BASE, "pass@1": 0.45, "pass@8": 0.75, "reward_mean": 0.5}
+
+
+def write_evaluation(where: Path, run: Path, **tuned) -> None:
+    """eval_base.json + eval_tuned.json in `where`, the tuned model being RUN/final as `rft demo` names it
+    (a path relative to where the demo ran, e.g. runs/demo/grpo/final)."""
+    model = f"runs/{run.parent.name}/{run.name}/final"
+    (Path(where) / "eval_base.json").write_text(json.dumps(EVAL_BASE, indent=2))
+    (Path(where) / "eval_tuned.json").write_text(json.dumps({**EVAL_TUNED, "model": model, **tuned}, indent=2))

@@ -2,7 +2,8 @@
 
 Unit tests read the HTML; the browser tests open it in Debian's headless Chromium (driven by
 selenium through /usr/bin/chromedriver, so nothing is downloaded) and check what a user would
-see: every chart has a size and drawn data, the console is clean, and nothing was fetched.
+see: every chart has a size and drawn data, the answer to "did it work?" (the smoothed reward,
+the validation change, the held-out table) is on screen, the console is clean, and nothing was fetched.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from tests.report.report_fixtures import SCRIPT, STEPS, make_run_dir, write_jsonl
+from tests.report.report_fixtures import (EVAL_BASE, EVAL_TUNED, SCRIPT, STEPS, make_run_dir, write_evaluation,
+                                         write_jsonl)
 
 from rftkit.errors import UserError
 from rftkit.report import write_report
 from rftkit.report import page as report_page
+from rftkit.report.svg import MAX_POINTS, downsample
+
+SMOOTHED = "smoothed (5-step mean)"  # 40 steps: the smallest window, 5
+HEADLINE = "0.250 → 0.700 (+0.450)"  # val/pass@1 = 0.1 + 0.6 * step/40 at steps 10 and 40
 
 PLOTS = {"reward", "val", "entropy", "kl", "response_length", "grader_errors", "grader_latency", "reward_hist"}
 
@@ -57,7 +63,10 @@ def parse(html: str) -> _Plots:
 
 @pytest.fixture
 def report(tmp_path) -> Path:
-    return write_report(make_run_dir(tmp_path))
+    """The demo's layout: DEMO/eval_base.json, DEMO/eval_tuned.json and the run in DEMO/run-arith/."""
+    run = make_run_dir(tmp_path / "demo")
+    write_evaluation(tmp_path / "demo", run)
+    return write_report(run)
 
 
 # ---- the HTML itself ------------------------------------------------------------------------
@@ -66,8 +75,10 @@ def test_report_is_one_self_contained_file(report):
     assert report.name == "report.html" and report.parent.name == "run-arith"
     html = report.read_text()
     lower = html.lower()
-    for external in ("http://", "https://", "src=", "href=", "url(", "@import", "<link", "<script", "<iframe"):
+    for external in ("http://", "https://", "file:", "src=", "url(", "@import", "<link", "<script", "<iframe"):
         assert external not in lower, f"report must not reference or run anything external: found {external!r}"
+    # The one link: the raw data next to the page, followed only on a click (nothing is loaded).
+    assert re.findall(r"href=", lower) == ["href="] and '<a href="metrics.jsonl">' in html
     assert "default-src 'none'" in html  # CSP: even a missed escape could not load or run anything
 
 
@@ -85,7 +96,8 @@ def test_every_plot_is_drawn_with_the_right_number_of_points(report):
     plots = parse(html).plots
     assert set(plots) == PLOTS
     assert not [name for name, p in plots.items() if p["empty"] or not p["series"]]
-    assert plots["reward"]["series"] == {"mean ± std": STEPS, "mean": STEPS, "min": STEPS, "max": STEPS}
+    assert plots["reward"]["series"] == {"mean ± std": STEPS, "mean": STEPS, "min": STEPS, "max": STEPS,
+                                         SMOOTHED: STEPS}  # the smoothed line summarises every step
     assert plots["val"]["series"] == {"val/reward_mean": 4, "val/pass@1": 4}  # every 10 steps
     assert plots["kl"]["series"] == {"KL": STEPS - 1}  # null on step 1: skipped, not drawn as 0
     assert plots["grader_latency"]["series"] == {"p50": STEPS - 4, "p99": STEPS - 4}  # null on steps 9, 18, 27, 36
@@ -98,6 +110,9 @@ def test_header_health_samples_and_config(report):
     html = report.read_text()
     assert "RFT run report: run-arith" in html
     assert '<div class="value">40</div>' in html  # steps
+    assert f'<div class="label">val/pass@1</div><div class="value">{HEADLINE}</div>' in html
+    assert "first → last validation, step 10 → 40" in html
+    assert "best reward" not in html  # the noisiest step is no headline
     assert "entropy_collapse" in html and "What to do:" in html  # the real health checks ran on metrics.jsonl
     assert 'class="health warn"' in html
     assert "Early (steps 1–10)" in html and "Late (steps 30–40)" in html
@@ -158,6 +173,133 @@ def test_health_warnings_are_shown_and_escaped(tmp_path, monkeypatch):
     assert "step 12" in html and "step 30" in html
 
 
+def test_smoothed_line_is_drawn_over_the_faint_raw_mean(report):
+    html = report.read_text()
+    svg = html[html.index('data-plot="reward"'):]
+    svg = svg[: svg.index("</svg>")]
+    raw, smooth = svg.index('data-series="mean"'), svg.index(f'data-series="{SMOOTHED}"')
+    assert raw < smooth  # later in the SVG is on top
+    assert 'stroke-opacity="0.4"' in svg[raw:smooth] and "stroke-opacity" not in svg[smooth:svg.index("</g>", smooth)]
+    assert f">{SMOOTHED}</text>" in svg  # the legend names the window
+
+
+def test_smoothing_window_and_moving_mean_by_hand():
+    assert [report_page.smoothing_window(n) for n in (3, 40, 125, 150, 10_000)] == [5, 5, 5, 7, 401]
+    # window 3: (0+3)/2, (0+3+0)/3, (3+0+3)/3, (0+3)/2; the ends average what is there
+    points = [(1, 0.0), (2, 3.0), (3, 0.0), (4, 3.0)]
+    assert report_page.moving_mean(points, 3) == [(1, 1.5), (2, 1.0), (3, 2.0), (4, 1.5)]
+    assert report_page.smoothed(points) is None  # shorter than two windows: no smoothed line
+    assert report_page.moving_mean(points, 1) == points
+
+
+def test_headline_without_validation_is_the_smoothed_train_reward(tmp_path):
+    rows = [{"step": s, "critic/rewards/mean": 0.01 * s} for s in range(1, 41)]
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    html = write_report(tmp_path).read_text()
+    # 5-step centred mean: (0.01 + 0.02 + 0.03) / 3 at step 1, (0.38 + 0.39 + 0.40) / 3 at step 40
+    assert ('<div class="label">train reward, 5-step mean</div><div class="value">0.020 → 0.390 (+0.370)</div>'
+            '<div class="sub">no validation; step 1 → 40</div>') in html
+    assert "last val pass@1" not in html and "last val reward" in html  # the card the headline did not replace
+
+
+def test_headline_with_one_validation_row_falls_back_and_keeps_it(tmp_path):
+    rows = [{"step": s, "critic/rewards/mean": 0.5, **({"val/pass@1": 0.3} if s == 3 else {})} for s in range(1, 4)]
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    html = write_report(tmp_path).read_text()
+    assert '<div class="label">train reward, raw</div><div class="value">0.500 → 0.500 (+0.000)</div>' in html
+    assert '<div class="label">last val pass@1</div><div class="value">0.3</div>' in html
+
+
+def _eval_rows(html: str) -> list[list[str]]:
+    table = html[html.index('<table class="evaluation">'):]
+    table = table[: table.index("</table>")]
+    return [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr><td.*?</tr>", table)]
+
+
+def test_evaluation_table_from_the_demo_layout(report):
+    html = report.read_text()
+    assert _eval_rows(html) == [["pass@1", "0.200", "0.450", "+0.250"], ["pass@8", "0.500", "0.750", "+0.250"],
+                                ["reward_mean", "0.300", "0.500", "+0.200"]]
+    assert '<td class="num change up">+0.250</td>' in html
+    assert "50 items, 8 samples each, temperature 1.0, data examples/arithmetic/test.jsonl." in html
+    assert "From ../eval_base.json and ../eval_tuned.json." in html
+    assert '<div class="value">0.200 → 0.450 (+0.250)</div><div class="sub">base → tuned' in html  # its card
+
+
+def test_evaluation_in_the_run_dir_or_passed_explicitly(tmp_path):
+    run = make_run_dir(tmp_path)
+    write_evaluation(run, run, model="anything")  # in the run directory itself: no model check
+    assert _eval_rows(write_report(run).read_text())[0] == ["pass@1", "0.200", "0.450", "+0.250"]
+    ev = report_page.Evaluation({**EVAL_BASE, "pass@1": 0.1}, {**EVAL_TUNED, "pass@1": 0.05, "grader_errors": 3})
+    rows = _eval_rows(write_report(run, evaluation=ev).read_text())
+    assert rows[0] == ["pass@1", "0.100", "0.050", "-0.050"] and rows[-1] == ["grader_errors", "0", "3", "+3"]
+    html = write_report(run, evaluation=ev).read_text()
+    assert '<td class="num change down">-0.050</td>' in html and '<td class="num change down">+3</td>' in html
+    assert "temperature 1.0, data examples/arithmetic/test.jsonl. before: bundled:tiny-arith; after: bundled" in html
+
+
+def test_evaluation_of_another_run_or_test_is_flagged(tmp_path):
+    other = make_run_dir(tmp_path / "demo", "other-run")
+    write_evaluation(tmp_path / "demo", tmp_path / "demo" / "grpo")  # the parent's eval is of demo/grpo
+    html = write_report(other).read_text()
+    assert 'class="evaluation"' not in html and "held-out pass@1" not in html
+    assert "evaluates runs/demo/grpo/final, not this run; not shown." in html
+    write_evaluation(tmp_path / "demo", other, model=str(tmp_path / "elsewhere" / "other-run" / "final"))
+    assert "not this run; not shown." in write_report(other).read_text()  # an absolute path must be inside the run
+    write_evaluation(tmp_path / "demo", other, model=str(other / "checkpoint-40"))
+    assert _eval_rows(write_report(other).read_text())[0] == ["pass@1", "0.200", "0.450", "+0.250"]
+    run = make_run_dir(tmp_path / "demo", "grpo")
+    write_evaluation(tmp_path / "demo", run, data="train.jsonl", temperature=0.7)
+    assert "Not the same test: before and after differ in data, temperature" in write_report(run).read_text()
+
+
+def test_no_evaluation_says_where_it_would_be(tmp_path):
+    html = write_report(make_run_dir(tmp_path)).read_text()
+    assert 'class="evaluation"' not in html and "held-out pass@1" not in html
+    assert "None found: eval_base.json + eval_tuned.json" in html
+    (tmp_path / "eval_base.json").write_text("{not json")
+    (tmp_path / "eval_tuned.json").write_text("{}")
+    assert "not shown: eval_base.json is not JSON" in write_report(tmp_path / "run-arith").read_text()
+
+
+def test_downsample_keeps_spikes_and_order():
+    flat = [(s, 0.0) for s in range(1, 10_001)]
+    flat[5002] = (5003, 1.0)
+    drawn = downsample(flat)
+    assert len(drawn) <= MAX_POINTS and (5003, 1.0) in drawn
+    assert [x for x, _ in drawn] == sorted({x for x, _ in drawn})
+    assert downsample(flat[:MAX_POINTS]) == flat[:MAX_POINTS]  # short series are drawn as they are
+
+
+LONG = 10_000
+SIZE_LIMIT = 300_000  # bytes; before downsampling every step was drawn (1.9 MB at 10k steps)
+
+
+@pytest.fixture
+def long_report(tmp_path) -> Path:
+    return write_report(make_run_dir(tmp_path, "long-run", steps=LONG))
+
+
+def test_a_10k_step_run_gives_a_small_page(long_report):
+    html = long_report.read_text()
+    assert long_report.stat().st_size < SIZE_LIMIT, f"{long_report.stat().st_size} bytes"
+    plots = parse(html).plots
+    assert plots["reward"]["series"]["mean"] == LONG and plots["reward"]["series"]["smoothed (401-step mean)"] == LONG
+    assert plots["val"]["series"] == {"val/reward_mean": LONG // 10, "val/pass@1": LONG // 10}
+    drawn = [int(n) for n in re.findall(r'data-drawn="(\d+)"', html)]
+    assert drawn and max(drawn) <= MAX_POINTS
+    assert "<circle" not in html[html.index('data-plot="val"'):html.index('data-plot="entropy"')]  # 1,000 dots: no
+    assert '<a href="metrics.jsonl">metrics.jsonl</a> (10000 rows)' in html and "spikes stay visible" in html
+    assert '<div class="label">val/pass@1</div><div class="value">0.101 → 0.700 (+0.599)</div>' in html
+
+
+def test_raw_data_link_is_relative_to_where_the_page_is(tmp_path):
+    run = make_run_dir(tmp_path / "runs")
+    (tmp_path / "pages").mkdir()
+    html = write_report(run, tmp_path / "pages" / "r.html").read_text()
+    assert '<a href="../runs/run-arith/metrics.jsonl">metrics.jsonl</a> (40 rows).' in html
+
+
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         write_report(tmp_path)
@@ -170,6 +312,31 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
     "--host-resolver-rules=MAP * ~NOTFOUND",  # belt and braces: no name resolves, so nothing can leave the machine
 ]
+
+# Returns the page's answer to "did it work?" as a user sees it: text only from elements that are on screen.
+ANSWER = """
+const shown = el => {
+  if (!el) return false;
+  const r = el.getBoundingClientRect(), css = getComputedStyle(el);
+  return r.width > 0 && r.height > 0 && css.visibility === 'visible' && css.display !== 'none' && +css.opacity > 0;
+};
+const text = sel => { const el = document.querySelector(sel); return shown(el) ? el.innerText : null; };
+const reward = document.querySelector('svg[data-plot="reward"]');
+const raw = reward.querySelector('[data-series="mean"] path');
+const smooth = reward.querySelector('[data-series^="smoothed"] path');
+const box = smooth && smooth.getBBox();
+return {
+  headline: text('#headline'),
+  eval_headline: text('#eval-headline'),
+  eval_table: shown(document.querySelector('#evaluation table')) ?
+    [...document.querySelectorAll('#evaluation tbody tr')].map(tr => [...tr.cells].map(td => td.innerText)) : null,
+  up_color: (el => el && getComputedStyle(el).color)(document.querySelector('#evaluation td.change.up')),
+  smoothed: smooth && shown(smooth) && box.width > 0 ? smooth.parentNode.dataset.series : null,
+  smoothed_on_top: !!smooth && !!(raw.compareDocumentPosition(smooth) & Node.DOCUMENT_POSITION_FOLLOWING),
+  opacity: smooth && [getComputedStyle(raw).strokeOpacity, getComputedStyle(smooth).strokeOpacity],
+  raw_link: shown(document.querySelector('#raw-data a')) ? document.querySelector('#raw-data a').href : null,
+};
+"""
 
 # Returns a list of problems; [] means every chart has a size and drew its data (or says "no data").
 PAGE_CHECKS = """
@@ -264,9 +431,27 @@ def test_report_renders_in_chromium(browser, report, tmp_path):
     # The injected script is on the page as visible text, not as an element.
     assert SCRIPT in browser.execute_script("return document.querySelector('#samples').innerText")
     assert "entropy_collapse" in browser.execute_script("return document.querySelector('#health').innerText")
+    answer = browser.execute_script(ANSWER)
+    assert answer["headline"] == f"val/pass@1\n{HEADLINE}\nfirst → last validation, step 10 → 40"
+    assert answer["eval_headline"].startswith("held-out pass@1\n0.200 → 0.450 (+0.250)")
+    assert answer["eval_table"] == [["pass@1", "0.200", "0.450", "+0.250"], ["pass@8", "0.500", "0.750", "+0.250"],
+                                    ["reward_mean", "0.300", "0.500", "+0.200"]]
+    assert answer["up_color"] == "rgb(21, 128, 61)"  # an improvement is green
+    assert answer["smoothed"] == SMOOTHED and answer["smoothed_on_top"] and answer["opacity"] == ["0.4", "1"]
+    assert answer["raw_link"] == (report.parent / "metrics.jsonl").resolve().as_uri()
     png = _screenshot(browser, tmp_path / "report.png")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page of charts, not a blank image
+
+
+def test_long_run_renders_in_chromium(browser, long_report, tmp_path):
+    seen = _open(browser, long_report)
+    assert seen["problems"] == [] and seen["errors"] == [] and seen["requests"] == []
+    answer = browser.execute_script(ANSWER)
+    assert answer["eval_table"] is None and answer["up_color"] is None  # no evaluation next to this run
+    assert answer["smoothed"] == "smoothed (401-step mean)"
+    assert answer["headline"].startswith("val/pass@1\n0.101 → 0.700 (+0.599)")
+    _screenshot(browser, tmp_path / "long.png")
 
 
 def test_no_data_plots_render_in_chromium(browser, tmp_path):

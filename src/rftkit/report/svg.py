@@ -5,6 +5,11 @@ that opens offline, with nothing to download and nothing to execute, and these t
 kinds are all it needs. Every chart is an `<svg data-plot=NAME>`; every drawn series
 carries `data-points=N` so tests (and a browser check) can see that something was drawn.
 An empty chart says "no data" in words (`data-empty="true"`) instead of showing a blank frame.
+
+Long series are downsampled before drawing (`downsample`): a chart is ~520 px wide, so a
+10,000-step run would otherwise put ~20 points on every pixel column and make the page
+megabytes. Each bucket keeps its min and max, so a one-step spike still shows; `data-points`
+stays the number of measured values and `data-drawn` says how many vertices were drawn.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ W, H = 600, 300  # viewBox size; the page scales it to the card width
 LEFT, RIGHT, TOP, BOTTOM = 60, 18, 58, 42  # plot-area margins: title + legend on top, axis labels below
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
+MAX_POINTS = 500  # vertices drawn per series at most: about one per pixel column of the plot area
+MARKER_LIMIT = 100  # above this many points a series is dense enough to read without a dot per point
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Series:
     dashed: bool = False
     markers: bool = False  # draw a dot at every point (sparse series such as validation)
     width: float = 2.0
+    opacity: float = 1.0  # < 1 for raw values drawn under a smoothed line
 
 
 @dataclass
@@ -87,6 +95,40 @@ def nice_axis(lo: float, hi: float, n: int = 5, integer: bool = False) -> Axis:
     return Axis(start, end, ticks)
 
 
+def _buckets(n: int, max_points: int) -> list[range]:
+    k = max(1, max_points // 2)  # two kept points (min and max) per bucket
+    return [range(b * n // k, (b + 1) * n // k) for b in range(k)]
+
+
+def downsample(points: list[tuple[float, float]], max_points: int = MAX_POINTS) -> list[tuple[float, float]]:
+    """At most `max_points` of `points`: the min and the max of each of max_points/2 equal-count
+    buckets, in step order. Min/max rather than a bucket mean so that spikes (a reward collapse,
+    a grader outage) stay as tall as they were.
+
+    >>> downsample([(1, 0), (2, 5), (3, 1), (4, 1)], max_points=2)
+    [(1, 0), (2, 5)]
+    """
+    if len(points) <= max_points:
+        return points
+    out = []
+    for idx in _buckets(len(points), max_points):
+        chunk = points[idx.start:idx.stop]
+        lo, hi = min(chunk, key=lambda p: p[1]), max(chunk, key=lambda p: p[1])
+        out.extend(sorted({lo, hi}))  # a flat bucket keeps one point
+    return out
+
+
+def downsample_band(points: list[tuple[float, float, float]], max_points: int = MAX_POINTS) -> list[tuple]:
+    """A band's envelope per bucket: (middle x, lowest lower, highest upper)."""
+    if len(points) <= max_points:
+        return points
+    out = []
+    for idx in _buckets(len(points), max_points * 2):  # one point per bucket, so twice the buckets
+        chunk = points[idx.start:idx.stop]
+        out.append((chunk[len(chunk) // 2][0], min(p[1] for p in chunk), max(p[2] for p in chunk)))
+    return out
+
+
 class _Frame:
     """Maps data to pixels inside the margins."""
 
@@ -118,16 +160,18 @@ def no_data(name: str, title: str, why: str = "no data") -> str:
     return "\n".join(parts + ["</svg>"])
 
 
-def _legend(entries: list[tuple[str, str, str]]) -> list[str]:
-    """One row of swatches under the title; entries are (label, color, kind: line|dash|band|bar)."""
+def _legend(entries: list[tuple]) -> list[str]:
+    """One row of swatches under the title; entries are (label, color, kind: line|dash|band|bar[, opacity])."""
     out, x = [], float(LEFT)
-    for label, color, kind in entries:
+    for label, color, kind, *rest in entries:
         if kind in ("band", "bar"):
             opacity = "0.25" if kind == "band" else "0.8"
             out.append(f'<rect x="{x:.1f}" y="31" width="18" height="10" fill="{color}" fill-opacity="{opacity}"/>')
         else:
             dash = ' stroke-dasharray="5 3"' if kind == "dash" else ""
-            out.append(f'<line x1="{x:.1f}" y1="36" x2="{x + 18:.1f}" y2="36" stroke="{color}" stroke-width="2"{dash}/>')
+            faint = f' stroke-opacity="{rest[0]}"' if rest and rest[0] < 1 else ""
+            out.append(f'<line x1="{x:.1f}" y1="36" x2="{x + 18:.1f}" y2="36" stroke="{color}" '
+                       f'stroke-width="2"{dash}{faint}/>')
         out.append(f'<text class="legend" x="{x + 23:.1f}" y="40">{escape(label)}</text>')
         x += 23 + 6.6 * len(label) + 16  # a rough text width: the legend only needs to not overlap
     return out
@@ -164,22 +208,26 @@ def line_chart(name: str, title: str, series: list[Series], band: Band | None = 
     parts = _open(name, title) + _axes(f, x_label, y_label)
     legend = []
     if band is not None:
-        top = [f"{f.px(x):.1f},{f.py(hi):.1f}" for x, _, hi in band.points]
-        bottom = [f"{f.px(x):.1f},{f.py(lo):.1f}" for x, lo, _ in reversed(band.points)]
+        drawn = downsample_band(band.points)
+        top = [f"{f.px(x):.1f},{f.py(hi):.1f}" for x, _, hi in drawn]
+        bottom = [f"{f.px(x):.1f},{f.py(lo):.1f}" for x, lo, _ in reversed(drawn)]
         parts.append(f'<polygon class="band" data-series="{escape(band.label)}" data-points="{len(band.points)}" '
-                     f'points="{" ".join(top + bottom)}" fill="{band.color}" fill-opacity="0.18" stroke="none"/>')
+                     f'data-drawn="{len(drawn)}" points="{" ".join(top + bottom)}" fill="{band.color}" '
+                     'fill-opacity="0.18" stroke="none"/>')
         legend.append((band.label, band.color, "band"))
     for s in series:
-        d = " ".join(f"{'M' if i == 0 else 'L'}{f.px(x):.1f} {f.py(y):.1f}" for i, (x, y) in enumerate(s.points))
+        drawn = downsample(s.points)
+        d = " ".join(f"{'M' if i == 0 else 'L'}{f.px(x):.1f} {f.py(y):.1f}" for i, (x, y) in enumerate(drawn))
         dash = ' stroke-dasharray="5 3"' if s.dashed else ""
-        parts.append(f'<g data-series="{escape(s.label)}" data-points="{len(s.points)}">')
-        parts.append(f'<path d="{d}" fill="none" stroke="{s.color}" stroke-width="{s.width}"{dash} '
+        faint = f' stroke-opacity="{s.opacity}"' if s.opacity < 1 else ""
+        parts.append(f'<g data-series="{escape(s.label)}" data-points="{len(s.points)}" data-drawn="{len(drawn)}">')
+        parts.append(f'<path d="{d}" fill="none" stroke="{s.color}" stroke-width="{s.width}"{dash}{faint} '
                      f'stroke-linejoin="round" stroke-linecap="round"/>')
-        if s.markers or len(s.points) == 1:  # a single point has no line to show it
+        if (s.markers and len(s.points) <= MARKER_LIMIT) or len(s.points) == 1:  # a single point has no line to show it
             parts.extend(f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="3.5" fill="{s.color}">'
                          f"<title>{escape(s.label)} step {fmt(x)}: {fmt(y)}</title></circle>" for x, y in s.points)
         parts.append("</g>")
-        legend.append((s.label, s.color, "dash" if s.dashed else "line"))
+        legend.append((s.label, s.color, "dash" if s.dashed else "line", s.opacity))
     if len(legend) > 1:
         parts.extend(_legend(legend))
     return "\n".join(parts + ["</svg>"])
