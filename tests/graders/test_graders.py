@@ -102,3 +102,25 @@ def test_step_budget_bounds_the_whole_step():
     scores, stats = executor.score(groups)
     assert time.monotonic() - t0 < 2.0
     assert stats.timeouts >= 2 and groups[0].scored(scores[0]).rewards[:2] == [None, None]
+import json, pytest
+from rftkit.errors import UserError
+from rftkit.graders import build_grader, load_grader_spec
+from rftkit.types import Item
+
+
+def test_a_multi_graders_children_may_be_grader_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "exact.json").write_text(json.dumps(
+        {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.reference_answer}}",
+         "operation": "eq"}))
+    (tmp_path / "multi.yaml").write_text("type: multi\nname: m\ngraders:\n  exact: sub/exact.json\ncalculate_output: exact\n")
+    grader = build_grader(load_grader_spec(str(tmp_path / "multi.yaml")))
+    assert set(grader.children) == {"exact"}
+    item = Item(id="q", messages=[{"role": "user", "content": "x"}], reference_answer="42")
+    assert grader.children["exact"].grade(item, "42").reward == 1.0
+
+
+def test_a_missing_sub_grader_file_names_itself(tmp_path):
+    (tmp_path / "multi.yaml").write_text("type: multi\ngraders:\n  a: nope.json\ncalculate_output: a\n")
+    with pytest.raises(UserError, match="nope.json"):
+        load_grader_spec(str(tmp_path / "multi.yaml"))

@@ -146,8 +146,21 @@ def resolve_grader_paths(spec: Any, root: Path) -> Any:
         if isinstance(value, str) and not Path(value).is_absolute() and (root / value).exists():
             out[key] = str(root / value)
     if isinstance(out.get("graders"), dict):
-        out["graders"] = {k: resolve_grader_paths(v, root) for k, v in out["graders"].items()}
+        out["graders"] = {k: _sub_grader(v, root) for k, v in out["graders"].items()}
     return out
+
+
+GRADER_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _sub_grader(spec: Any, root: Path) -> Any:
+    """A `multi` grader's child: an object (its paths made relative to `root`), a type name, or a grader file."""
+    if isinstance(spec, str) and spec.lower().endswith(GRADER_FILE_SUFFIXES):
+        path = Path(spec) if Path(spec).is_absolute() else root / spec
+        if not path.exists():
+            raise UserError(f"grader file not found: {path}")
+        return load_grader_spec(str(path))
+    return resolve_grader_paths(spec, root)
 
 
 def load_grader_spec(text: str) -> dict[str, Any] | str:
