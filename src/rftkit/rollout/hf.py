@@ -97,9 +97,10 @@ class HFEngine:
 
         A state dict (or a policy over another module) is loaded into the engine's module."""
         module = getattr(state_or_policy, "module", None)
-        if module is not self.model:
-            state = state_or_policy.state_dict()["model"] if module is not None else state_or_policy
-            self.model.load_state_dict(state, strict=False)
+        if module is None:  # a state dict
+            self.model.load_state_dict(state_or_policy, strict=False)
+        elif module is not self.model:  # the module's weights only (Policy.state_dict() would copy the optimizer too)
+            self.model.load_state_dict(module.state_dict(), strict=False)
         self.version = version
 
     @torch.no_grad()
