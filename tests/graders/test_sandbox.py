@@ -34,6 +34,8 @@ WORKERS = 4  # more workers than cores: most hostile calls wait for their deadli
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
+# the python grader's process, or the code grader's candidate process (separate from its tests), ended early
+GONE = r"without reporting a result|candidate's process ended"
 # name -> (function body; a breach returns 1.0, expected reason pattern)
 HOSTILE: dict[str, tuple[str, str]] = {
     "infinite_loop": ("while True:\n    pass", r"within|CPU time limit"),
@@ -45,11 +47,12 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "memory_bomb_mmap": ("import mmap\nmmap.mmap(-1, 2**32)", r"memory limit 512 MB exceeded"),
     "print_gigabytes": ("while True:\n    print('x' * 100_000)", r"output file size limit"),
     "write_fd1_gigabytes": ("while True:\n    os.write(1, b'x' * 2**20)", r"output file size limit"),
-    "read_secret_0600": ("assert open(SECRET).read() == 'TOPSECRET'", r"PermissionError"),
+    # /tmp is an empty private tmpfs in the sandbox: files there do not exist for it
+    "read_secret_0600": ("assert open(SECRET).read() == 'TOPSECRET'", r"PermissionError|FileNotFoundError"),
     "read_world_readable_readme": ("open(README).read()", r"PermissionError"),
     "read_etc_passwd": ("open('/etc/passwd').read()", r"PermissionError"),
     "read_host_environ": ("open(f'/proc/{HOST_PID}/environ').read()", r"PermissionError"),
-    "write_outside_tmpdir": ("open(OUTSIDE, 'w').write('pwned')", r"PermissionError"),
+    "write_outside_tmpdir": ("open(OUTSIDE, 'w').write('pwned')", r"PermissionError|FileNotFoundError"),
     "modify_stdlib": ("open(os.__file__, 'a').write('# pwned')", r"PermissionError|OSError"),
     "tcp_connect_localhost": ("socket.create_connection(('127.0.0.1', PORT), timeout=1).sendall(b'hi')",
                               r"PermissionError|OSError|TimeoutError"),
@@ -64,11 +67,11 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "kill_bystander": ("os.kill(BYSTANDER_PID, signal.SIGKILL)\ntime.sleep(0.2)", r"ProcessLookupError|PermissionError"),
     "kill_everything": ("os.kill(-1, signal.SIGKILL)\ntime.sleep(0.2)\nassert False, 'still alive'",
                         r"ProcessLookupError|PermissionError|AssertionError"),
-    "background_child": ("if os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\nos._exit(0)", r"without reporting a result"),
+    "background_child": ("if os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\nos._exit(0)", GONE),
     "setsid_daemon": ("if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
-                      "        os._exit(0)\n    os._exit(0)\nos._exit(0)", r"without reporting a result"),
+                      "        os._exit(0)\n    os._exit(0)\nos._exit(0)", GONE),
     "shell_background_job": ("subprocess.Popen(['/bin/sh', '-c', 'sleep 60 &'])\ntime.sleep(0.3)\nos._exit(0)",
-                             r"without reporting a result"),
+                             GONE),
     "shell_reads_secret": ("out = subprocess.run(['/bin/sh', '-c', 'cat ' + SECRET + ' ' + README], capture_output=True, "
                            "text=True).stdout\nassert 'TOPSECRET' in out or 'rftkit' in out, 'nothing read'",
                            r"AssertionError"),
@@ -79,12 +82,15 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "c_stack_overflow": ("sys.setrecursionlimit(10**7)\ndef dive(n):\n    return list(map(dive, [n + 1]))\ndive(0)",
                          r"killed by SIGSEGV"),
     "sys_exit_0": ("sys.exit(0)", r"exit"),
-    "os_exit_0": ("os._exit(0)", r"without reporting a result"),
+    "os_exit_0": ("os._exit(0)", GONE),
     "close_all_fds": ("for fd in range(64):\n    try:\n        os.close(fd)\n    except OSError:\n        pass",
-                      r"without reporting a result"),
+                      GONE),
     "dup_over_result_fd": ("os.dup2(os.open('/dev/null', os.O_WRONLY), 3)", r"tampered|without reporting a result"),
-    "forge_result": ("os.write(3, b'{\"ok\": true, \"value\": 1.0}')\nos._exit(0)", r"tampered"),
+    "forge_result": ("os.write(3, b'{\"ok\": true, \"value\": 1.0}')\nos._exit(0)", r"tampered|" + GONE),
 }
+# The code grader runs the candidate in a process without the result fd: these only attack that fd
+# and then return 1.0, which solves CHECK_ITEM, so there the right reward is 1.0.
+HARMLESS_TO_CODE = {"dup_over_result_fd"}
 
 IMPORTS = "import ctypes, os, signal, socket, subprocess, sys, time"
 
@@ -248,6 +254,9 @@ def test_there_are_enough_hostile_programs():
 def test_hostile_program_is_contained(battery, name, grader):
     scores, _ = battery
     score = scores[(name, grader)]
+    if grader == "code" and name in HARMLESS_TO_CODE:
+        assert score.reward == 1.0 and score.error is None, score
+        return
     assert score.reward in (None, 0.0), f"{name} via {grader}: reward {score.reward} (a breach)"
     assert score.error, f"{name} via {grader}: no reason given"
     assert re.search(HOSTILE[name][1], score.error), f"{name} via {grader}: unexpected reason {score.error!r}"
@@ -283,7 +292,7 @@ def test_nothing_left_running_or_on_disk(battery):
     _, after = battery
     before = {pid for pid, _, _ in after["sandbox_processes_before"]}
     assert [p for p in after["sandbox_processes_after"] if p[0] not in before] == []
-    # each worker has one child, the pid 1 of its PID namespace, and that one has none
+    # each worker has one child, its zygote (pid 1 of its PID namespace), and that one has none
     assert all(len(children) == 1 for children in after["worker_children"].values()), after["worker_children"]
     assert _children_of([c for children in after["worker_children"].values() for c in children]) == []
     assert all(entries == {"io": []} for entries in after["temp_dirs"].values()), after["temp_dirs"]
@@ -444,14 +453,14 @@ def test_unprivileged_user_degrades_gracefully():
     assert out["no_namespaces"]["caps"]["subreaper"] and not out["no_namespaces"]["caps"]["pid_namespace"]
 
 
-def test_a_dead_namespace_init_is_replaced_by_the_worker():
+def test_a_dead_zygote_gets_the_worker_replaced_and_the_call_still_runs():
     with sandbox.SandboxPool(1) as pool:
         pool.capabilities()
         [worker] = pool.worker_pids()
-        [init] = _children_of([worker])
-        os.kill(init, signal.SIGKILL)
+        [zygote] = _children_of([worker])
+        os.kill(zygote, signal.SIGKILL)
         time.sleep(0.1)
         call = pool.run("python_grade", {"source": "def grade(s, i):\n    import os\n    return os.getpid()",
                                          "sample": {}, "item": {}})
-        assert call.runs[0].result == {"ok": True, "value": 2.0}  # pid 2 of a fresh namespace
-        assert pool.worker_pids() == [worker] and _children_of([worker]) != [init]
+        assert call.error is None and call.runs[0].result == {"ok": True, "value": 2.0}  # pid 2: the zygote is 1
+        assert pool.worker_pids() != [worker] and len(pool.worker_pids()) == 1

@@ -3,10 +3,12 @@
 Loaded by `_sandbox_worker.py` (the run protocol) from its own directory, not as part of the
 rftkit package: the worker is started as `python -I _sandbox_worker.py` and imports only the
 standard library, so this file does too (never rftkit, never torch). It holds the worker's
-start-up probe and set-up (`Plan`: user, network and mount namespaces, the size-limited
-tmpfs, the uid-drop probe, the Landlock ABI), the PID namespace and its INIT (`Namespace`),
-the subreaper fallback (`_kill_descendants`), and what CODE does between fork and user code
-(`_confine`: fds, rlimits, no_new_privs, Landlock, uid drop or capability drop). It is a
+start-up probe and set-up (`Plan`: user, network, mount and PID namespaces, the private
+view of /tmp, /run and /dev/shm, the size-limited tmpfs, the cgroup, the seccomp filter,
+the uid-drop probe, the Landlock ABI), the per-call tmpfs of a run's temp dir, the zygote's
+clean-up (`kill_namespace`, or the subreaper fallback `_kill_descendants`), and what a run
+does between fork and user code (`_confine`: cgroup, fds, rlimits, a fresh IPC namespace,
+no_new_privs, Landlock, uid drop or capability drop, seccomp). It is a
 separate module so that the security-critical code can be read and reviewed on its own,
 apart from the request/response protocol and the harnesses that run the user's code.
 See the docstrings of `_sandbox_worker.py` and sandbox.py for the design and the guarantees.
@@ -17,16 +19,23 @@ import fcntl
 import math
 import os
 import resource
-import select
 import signal
 import stat
+import subprocess
 import sys
+import time
+
+from _sandbox_cgroup import PREFIX as CGROUP_PREFIX
+from _sandbox_cgroup import Cgroup
+from _sandbox_seccomp import build as build_seccomp
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (0x00020000, 0x08000000, 0x10000000,
+                                                                      0x20000000, 0x40000000)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+MNT_DETACH = 2
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 
 # Landlock (include/uapi/linux/landlock.h); syscalls 444-446 on every architecture.
@@ -51,6 +60,10 @@ class _PathBeneathAttr(ctypes.Structure):
 DEV_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+# Replaced by empty private tmpfs in the worker's mount namespace: host Unix sockets and files
+# there (a world-writable socket under /tmp, /run/dbus, ...) do not exist for the sandbox.
+HIDDEN_DIRS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm")
+WORK_INODES = 16384  # files, directories and hard links one run may make in its temp dir (per-call tmpfs)
 
 
 def _check(ret, what):
@@ -82,7 +95,10 @@ class Plan:
         if not self.root:  # our own ids (0 inside a user namespace)
             self.uid, self.gid = os.getuid(), os.getgid()
         self._landlock()
+        self._cgroup(uid)
+        self._seccomp()
         self.caps["rlimits"] = True
+        self.caps["uid"] = self.uid if self.caps["uid_drop"] else os.getuid()
         self.io_dir = os.path.join(base_dir, "io")  # the worker's own files for a run; the sandbox never sees them
         os.mkdir(self.io_dir, 0o700)
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
@@ -102,38 +118,56 @@ class Plan:
                 _write("/proc/self/uid_map", f"0 {uid} 1")
                 _write("/proc/self/gid_map", f"0 {gid} 1")
         privileged = (self.root or caps["user_namespace"]) and "namespaces" not in self.disabled
+        self.privileged = privileged
         caps["net_namespace"] = privileged and _libc.unshare(CLONE_NEWNET) == 0
-        caps["mount_namespace"] = caps["private_tmpfs"] = caps["uid_drop"] = False
+        caps["mount_namespace"] = caps["private_tmpfs"] = caps["private_dirs"] = caps["uid_drop"] = False
         if privileged:
             try:
                 self._mounts()
             except OSError as exc:
                 caps["mount_error"] = str(exc)
-        self.namespace = None
-        if privileged:
-            try:
-                self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                self.namespace = Namespace(self)
-                self.namespace.ensure()
-            except OSError as exc:
-                self.namespace = None
-                caps["pid_namespace_error"] = str(exc)
-        caps["pid_namespace"] = self.namespace is not None
-        caps["subreaper"] = self.namespace is None and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        caps["ipc_namespace"] = privileged and _probe(lambda: _check(_libc.unshare(CLONE_NEWIPC), "unshare(ipc)"))
+        # The worker's next fork, the zygote, becomes pid 1 of a new PID namespace, and every run it forks lands there.
+        caps["pid_namespace"] = privileged and _libc.unshare(CLONE_NEWPID) == 0
+        caps["subreaper"] = not caps["pid_namespace"]  # the zygote sets it on itself
+        caps["per_call_tmpfs"] = caps["private_tmpfs"]
 
     def _mounts(self):
-        """A private mount namespace: the calls' temp dirs on a size-limited tmpfs, and the Python
-        installation reachable by the sandbox uid even where an ancestor is closed (pyenv under
-        /root, mode 0700): a tmpfs laid over that ancestor shows only the needed directories."""
+        """A private mount namespace: empty private /tmp, /run and /dev/shm, the calls' temp dirs on a
+        size-limited tmpfs, and the Python installation reachable by the sandbox uid even where an
+        ancestor is closed (pyenv under /root, mode 0700): a tmpfs laid over that ancestor shows only
+        the needed directories."""
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         self.caps["mount_namespace"] = True
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+        for path in hidden:
+            _cover(path, [d for d in self.read_dirs if d.startswith(path + "/")], b"mode=1777,size=16m,nr_inodes=4096")
+        self.caps["private_dirs"] = hidden
+        os.makedirs(self.base_dir, 0o711, exist_ok=True)
         _check(_libc.mount(b"tmpfs", self.base_dir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
                            f"mode=0711,size={self.disk_mb}m".encode()), "mount tmpfs on the temp dir")
         self.caps["private_tmpfs"] = True
         if self.root and "uid_drop" not in self.disabled:
             self._open_closed_ancestors()
             self.caps["uid_drop"] = self._uid_can_import()
+
+    def _cgroup(self, uid):
+        self.cgroup = None
+        if "cgroup" in self.disabled:
+            self.caps.update(cgroup=False, cgroup_error="switched off")
+            return
+        self.cgroup, why = Cgroup.create(f"{CGROUP_PREFIX}{uid}")
+        self.caps["cgroup"] = f"v{self.cgroup.version}" if self.cgroup else False
+        if self.cgroup:
+            self.caps["cgroup_dirs"] = sorted(set(self.cgroup.dirs.values()))
+        else:
+            self.caps["cgroup_error"] = why
+
+    def _seccomp(self):
+        self.seccomp = None if "seccomp" in self.disabled else build_seccomp(block_memfd=self.cgroup is None)
+        self.caps["seccomp"] = self.seccomp is not None
+        self.caps["memfd"] = "cgroup" if self.cgroup else "refused" if self.seccomp is not None else "uncounted"
 
     def _uid_can_import(self):
         """Whether the sandbox uid can read the installation (else calls keep uid 0, without capabilities)."""
@@ -164,20 +198,39 @@ class Plan:
                     closed.setdefault(ancestor, []).append(path)
                     break
         for ancestor, paths in closed.items():
-            fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths]
-            _check(_libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k"),
-                   f"mount tmpfs on {ancestor}")
-            for path, fd in zip(paths, fds):
-                os.makedirs(path, 0o755, exist_ok=True)
-                _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
-                       f"bind {path}")
-                os.close(fd)
+            _cover(ancestor, paths, b"mode=0755,size=64k")
 
     def _landlock(self):
         abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
         self.abi = max(int(abi), 0) if "landlock" not in self.disabled else 0
         self.caps.update(landlock_abi=self.abi, landlock_fs=self.abi >= 1, landlock_net=self.abi >= 4,
                          landlock_scope=self.abi >= 6)
+
+
+def _cover(path, keep, options):
+    """Lay an empty tmpfs over `path`, then bind the directories `keep` (under it) back in place."""
+    fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep]
+    try:
+        _check(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"mount tmpfs on {path}")
+        for kept, fd in zip(keep, fds):
+            os.makedirs(kept, 0o755, exist_ok=True)
+            _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), kept.encode(), None, MS_BIND | MS_REC, None),
+                   f"bind {kept}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _probe(fn):
+    """Whether `fn` succeeds in a throw-away child (for set-up that cannot be undone in the worker)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+            os._exit(0)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def _import_dirs(base_dir):
@@ -250,27 +303,35 @@ def _own_process_count(uid):
     return count
 
 
-def _confine(plan, req, fds, work):
-    """Everything between fork and user code, in CODE. Any failure aborts the run (fail closed)."""
+def _confine(plan, limits, fds, work, role):
+    """Everything between fork and user code, in a run. Any failure aborts the run (fail closed).
+
+    `role` is "single", "test" or "candidate"; `fds` become 0, 1, 2, ... in that order.
+    """
+    if plan.cgroup is not None:  # first: from here on, everything this run allocates is counted
+        for path in plan.cgroup.join_files():
+            _write(path, str(os.getpid()))
     os.setsid()
-    high = [fcntl_dup(fd) for fd in fds]  # move out of the way before dup2 onto 0-3
+    high = [fcntl_dup(fd) for fd in fds]  # move out of the way before dup2 onto 0, 1, ...
     for target, fd in enumerate(high):
         os.dup2(fd, target)
-    os.closerange(4, 1 << 16)
+    os.closerange(len(high), 1 << 16)
     sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    cpu = max(1, math.ceil(req["timeout_s"]))
+    cpu = max(1, math.ceil(limits["timeout_s"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (req["output_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_mb"] << 20,) * 2)
     # The limit counts every process of the real uid: a dedicated uid has none, our own user may have many.
-    procs = req["max_procs"] if plan.caps["uid_drop"] else _own_process_count(os.getuid()) + req["max_procs"]
+    procs = limits["max_procs"] if plan.caps["uid_drop"] else _own_process_count(os.getuid()) + limits["max_procs"]
     resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
     os.chdir(work)
     os.environ.clear()
     os.environ.update(plan.env, HOME=work, TMPDIR=work)
+    if plan.caps["ipc_namespace"]:  # SysV shm, queues and semaphores die with the run
+        _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     if plan.abi >= 1:
         _landlock_restrict(plan, work)
@@ -283,9 +344,63 @@ def _confine(plan, req, fds, work):
     elif plan.root or plan.caps["user_namespace"]:
         _drop_capabilities(plan.cap_last)  # still uid 0 (of the host or of our user namespace): at least no privileges
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")  # cleared by setuid
+    if role == "test":  # the candidate's process (same uid) may not read this one's memory or fds via /proc
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+    if plan.seccomp is not None:
+        plan.seccomp.load()
     # Memory last: the set-up above allocates.
-    resource.setrlimit(resource.RLIMIT_AS, (req["memory_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] << 20,) * 2)
     sys.dont_write_bytecode = True
+
+
+# ---------------------------------------------------------------- a run's temp dir
+
+
+def make_work_dir(plan, work, disk_mb):
+    """A fresh temp dir for one run: its own tmpfs where the worker has a mount namespace."""
+    os.mkdir(work, 0o700)
+    if plan.caps["per_call_tmpfs"]:
+        options = f"mode=0700,size={disk_mb}m,nr_inodes={WORK_INODES},uid={plan.uid},gid={plan.gid}"
+        _check(_libc.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
+               "mount tmpfs on the run's temp dir")
+    elif plan.caps["uid_drop"]:
+        os.chown(work, plan.uid, plan.gid)
+
+
+def remove_work_dir(plan, work, budget_s=10.0):
+    """Remove a run's temp dir, whatever the run left in it, within `budget_s`; never raises.
+
+    On a per-call tmpfs a detach unmount frees everything at once; else `rm -rf` (which walks
+    trees of any depth, where shutil.rmtree hits the recursion limit), then once more after
+    making every directory writable. Returns (seconds taken, None or what is left and why).
+    """
+    start = time.monotonic()
+    if plan.caps["per_call_tmpfs"] and os.path.ismount(work):
+        if _libc.umount2(work.encode(), MNT_DETACH) != 0:
+            return time.monotonic() - start, f"umount {work}: {os.strerror(ctypes.get_errno())}"
+    try:
+        os.rmdir(work)
+        return time.monotonic() - start, None
+    except FileNotFoundError:
+        return time.monotonic() - start, None
+    except OSError:
+        pass
+    error = None
+    for command in (["rm", "-rf", "--one-file-system", "--", work], ["chmod", "-R", "u+rwx", "--", work],
+                    ["rm", "-rf", "--one-file-system", "--", work]):
+        left = budget_s - (time.monotonic() - start)
+        if left <= 0 or not os.path.lexists(work):
+            break
+        try:
+            subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=left, close_fds=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = f"{command[0]}: {exc}"
+    if os.path.lexists(work):
+        error = error or f"{work} could not be removed within {budget_s:g}s"
+    else:
+        error = None
+    return time.monotonic() - start, error
 
 
 class _CapHeader(ctypes.Structure):
@@ -305,85 +420,20 @@ def fcntl_dup(fd):
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
 
 
-# ---------------------------------------------------------------- the namespace's INIT
+# ---------------------------------------------------------------- the zygote's clean-up
 
 
-def _init_loop(cmd_fd, ack_fd):
-    """pid 1 of the worker's PID namespace: on each byte from the worker, kill every other process in
-    the namespace, reap them all, answer. Trusted (never runs user code); dies with the worker,
-    and then the kernel kills whatever is left in the namespace."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    _close_all_but([cmd_fd, ack_fd])
-    while True:
-        if not os.read(cmd_fd, 1):  # EOF: the worker is gone
-            os._exit(0)
+def kill_namespace():
+    """As pid 1 of the PID namespace (the zygote): kill every other process in it and reap them all."""
+    try:
+        os.kill(-1, signal.SIGKILL)  # from pid 1: every process of this namespace but itself
+    except ProcessLookupError:
+        pass
+    while True:  # orphans are re-parented to pid 1, so ECHILD means nobody is left
         try:
-            os.kill(-1, signal.SIGKILL)  # from pid 1: every process of this namespace but itself
-        except ProcessLookupError:
-            pass
-        while True:  # orphans are re-parented to pid 1, so ECHILD means nobody is left
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-        os.write(ack_fd, b"k")
-
-
-class Namespace:
-    """The worker's PID namespace: a long-lived INIT, and the worker's forks landing inside it."""
-
-    def __init__(self, plan):
-        self.plan, self.init_pid, self.used = plan, None, False
-
-    def ensure(self):
-        """Make the next fork land in a live namespace (a fresh one if INIT died or was killed)."""
-        if self.init_pid is not None:
-            if os.waitpid(self.init_pid, os.WNOHANG)[0] == 0:
-                return
-            self._forget()
-        if self.used:
-            # Our forks would land in the dead namespace: back to our own first. This needs
-            # CAP_SYS_ADMIN over the host's PID namespace: as root yes; in a user namespace it
-            # fails, the call reports it and the host replaces this worker.
-            _check(_libc.setns(self.plan.own_pidns, CLONE_NEWPID), "setns(pid)")
-        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
-        self.used = True
-        cmd_r, cmd_w = os.pipe()
-        ack_r, ack_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _init_loop(cmd_r, ack_w)
-            finally:
-                os._exit(70)
-        os.close(cmd_r)
-        os.close(ack_w)
-        os.set_inheritable(cmd_w, False)
-        os.set_inheritable(ack_r, False)
-        self.init_pid, self.cmd, self.ack = pid, cmd_w, ack_r
-
-    def clean(self):
-        """Kill everything the last run left in the namespace; True when INIT confirmed it."""
-        try:
-            os.write(self.cmd, b"k")
-            ready, _, _ = select.select([self.ack], [], [], 10.0)
-            if ready and os.read(self.ack, 1) == b"k":
-                return True
-        except OSError:
-            pass
-        self.kill()  # INIT is stuck or gone: end the namespace (and all in it) with it
-        return False
-
-    def kill(self):
-        if self.init_pid is not None:
-            os.kill(self.init_pid, signal.SIGKILL)
-            os.waitpid(self.init_pid, 0)
-            self._forget()
-
-    def _forget(self):
-        os.close(self.cmd)
-        os.close(self.ack)
-        self.init_pid = None
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _kill_descendants():

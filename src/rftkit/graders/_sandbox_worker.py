@@ -1,167 +1,98 @@
 """A sandbox worker process: runs untrusted Python, one call at a time, for `sandbox.SandboxPool`.
 
 Started by the host as `python -I _sandbox_worker.py BASE_DIR UID DISK_MB [DISABLED]`; imports
-only the standard library (never rftkit, never torch), so it starts fast and a fork of it is
-small. Protocol: one JSON request per line on stdin, one JSON response per line on stdout;
-the first line it writes is `{"ready": true, "capabilities": {...}}`. EOF on stdin (the host
-closed the pool or died) makes it clean up and exit, even in the middle of a call.
+only the standard library (and libseccomp's bindings), never rftkit or torch, so it starts
+fast and a fork of it is small. Protocol: one JSON request per line on stdin, one JSON
+response per line on stdout; the first line it writes is `{"ready": true, "capabilities": {...}}`.
+EOF on stdin (the host closed the pool or died) makes it clean up and exit, even mid-call.
 
-At start the worker enters its own network and mount namespaces (a down loopback only; a
-size-limited tmpfs on BASE_DIR for the calls' temp dirs) and starts INIT, pid 1 of a PID
-namespace that the worker's later forks land in. Per run:
+At start the worker enters its own network, mount and IPC-probing namespaces (a down loopback
+only; empty private /tmp, /run, /dev/shm; a size-limited tmpfs on BASE_DIR), makes its cgroup
+and seccomp filter, and forks the ZYGOTE, pid 1 of a new PID namespace, *before it reads any
+request*. Per run:
 
-    worker ── CODE (forked into the namespace: setsid, fds 0-3 = stdin/stdout/stderr/result
-       │            files, rlimits, cwd = fresh temp dir, no_new_privs, Landlock, uid dropped)
-       │            -> user code; killed by the worker at the deadline
-       └── INIT (pid 1; trusted, never runs user code): after each run, kill(-1, SIGKILL) and
-                 reap until nothing else is left in the namespace (daemons, fork bombs)
+    worker ── reads the request, writes the run's files (request, stdin) into its io dir,
+       │      asks the zygote to run, reads the result and output files, answers the host
+       └── ZYGOTE (pid 1; trusted; never holds a call's data): forks the run's process(es),
+              each of which opens its own files and confines itself (`_confine`), waits for
+              them up to the deadline, then kills and reaps everything else in the namespace
 
-INIT dies with the worker (PDEATHSIG), and the kernel then kills everything in its namespace.
-Without namespaces the worker is a subreaper and kills whatever it finds parented to it.
+A run's process is a fork of the zygote, so it holds nothing of earlier calls: not their
+test programs, not other samples' inputs or code. The `check` harness forks two: the
+candidate's process and the test's process (see `_sandbox_harness.py`). The zygote dies
+with the worker (PDEATHSIG), and the kernel then kills everything in its namespace.
+Without namespaces the zygote is a subreaper and kills whatever it finds parented to it.
 See the docstring of sandbox.py for what is and is not guaranteed.
-The confinement itself (namespaces, INIT, rlimits, Landlock, uid and capability drop) lives in
-the sibling `_sandbox_confine.py`, loaded from this file's directory without importing rftkit
-(under -I, that directory is not on sys.path); this file holds the run protocol: reading
-requests, forking and running the user code, and writing the answers.
 """
 
 import json
-import math
-import numbers
 import os
-import reprlib
 import select
-import shutil
 import signal
+import socket
 import stat
 import sys
 import time
 
-# Common modules preloaded so that a forked call does not pay for importing them.
+# Common modules preloaded so that a forked run does not pay for importing them.
 import collections  # noqa: F401
 import functools  # noqa: F401
 import itertools  # noqa: F401
+import pickle  # noqa: F401
 import re  # noqa: F401
 import string  # noqa: F401
 
-# The confinement, from the file next to this one. Under -I this directory is not on sys.path;
-# it is put there only for this import, so that it is not among the directories (sys.path)
-# the sandboxed code may read.
+# The confinement and the harnesses, from the files next to this one. Under -I this directory
+# is not on sys.path; it is put there only for these imports, so that it is not among the
+# directories (sys.path) the sandboxed code may read.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
-    from _sandbox_confine import Plan, _confine, _kill_descendants, fcntl_dup
+    import _sandbox_harness as harness
+    from _sandbox_confine import (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Plan, _confine, _kill_descendants,
+                                  _libc, fcntl_dup, kill_namespace, make_work_dir, remove_work_dir)
 finally:
     del sys.path[0]
 
 RESULT_CAP = 1 << 20  # bytes of the result channel the worker reads
 STDERR_TAIL = 2000  # characters of stderr sent back (for error messages)
+PROTOCOL_ERROR = "sandbox_protocol_error"
+IO_FILES = ("request", "test", "candidate", "stdin", "stdout", "stderr", "result")
+CANDIDATE_GRACE_S = 0.2  # after the test's process ends, how long the candidate's may take to be reaped
 
 
-# ---------------------------------------------------------------- inside CODE
+# ---------------------------------------------------------------- the zygote
 
 
-def _short(value, limit=200):
+def _run_process(plan, cmd, role, sock):
+    """In a fresh fork of the zygote: open this role's files, confine, read the request, run, report."""
+    io = plan.io_dir
+    rd, wr = os.O_RDONLY | os.O_CLOEXEC, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    nonce = None
     try:
-        text = reprlib.repr(value)
-    except BaseException:  # noqa: BLE001 - a hostile __repr__
-        text = f"<{type(value).__name__}>"
-    return text[:limit]
-
-
-def _exc_info(exc, filenames):
-    """{'error_type', 'message', 'where'} of an exception, `where` in the user's own code."""
-    try:
-        message = str(exc)
-    except BaseException:  # noqa: BLE001
-        message = "<unprintable>"
-    where, tb = None, exc.__traceback__
-    while tb is not None:  # by hand: extract_tb would format every frame of a 10**6-deep recursion
-        code = tb.tb_frame.f_code
-        if code.co_filename in filenames:
-            where = f"line {tb.tb_lineno}, in {code.co_name}"
-        tb = tb.tb_next
-    if isinstance(exc, SyntaxError) and exc.filename in filenames:
-        where = f"line {exc.lineno}"
-    out = {"error_type": type(exc).__name__, "message": message[:500], "where": where}
-    if isinstance(exc, OSError):
-        out["errno"] = exc.errno
-    return out
-
-
-def _run_python_grade(req):
-    ns = {"__name__": "__grader__", "__builtins__": __builtins__}
-    try:
-        exec(compile(req["source"], "<grader>", "exec"), ns)
-        value = ns["grade"](req["sample"], req["item"])
-    except SystemExit as exc:
-        return {"ok": False, "phase": "exit", "error_type": "SystemExit",
-                "message": f"called exit({_short(exc.code)}) instead of returning"}
-    except BaseException as exc:  # noqa: BLE001
-        return {"ok": False, "phase": "grade", **_exc_info(exc, ("<grader>",))}
-    if isinstance(value, numbers.Real):
-        try:
-            number = float(value)
-        except BaseException:  # noqa: BLE001 - e.g. an int too large for a float
-            number = None
-        if number is not None and math.isfinite(number):
-            return {"ok": True, "value": number}
-        if number is not None:
-            return {"ok": False, "phase": "return", "message": f"grade returned {number}, not a finite number"}
-    return {"ok": False, "phase": "return", "message": f"grade returned {_short(value)}, not a number"}
-
-
-def _run_check(req):
-    """HumanEval: exec the candidate, then the test program in the same namespace, then check(entry_point)."""
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    phase = "candidate"
-    try:
-        exec(compile(req["code"], "<candidate>", "exec"), ns)
-        phase = "test"
-        exec(compile(req["test"], "<test>", "exec"), ns)
-        phase = "entry_point"
-        if req["entry_point"] not in ns:
-            return {"ok": False, "phase": phase, "message": f"the code defines no {req['entry_point']!r}"}
-        phase = "check"
-        ns["check"](ns[req["entry_point"]])
-    except SystemExit as exc:
-        return {"ok": False, "phase": "exit", "error_type": "SystemExit",
-                "message": f"called exit({_short(exc.code)}) during the {phase}"}
-    except BaseException as exc:  # noqa: BLE001
-        return {"ok": False, "phase": phase, **_exc_info(exc, ("<candidate>", "<test>"))}
-    return {"ok": True}
-
-
-def _run_script(req):
-    """A whole program as __main__, stdin from the test's input; sys.exit(0) is a normal end."""
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compile(req["code"], "<candidate>", "exec"), ns)
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            return {"ok": False, "phase": "exit", "error_type": "SystemExit",
-                    "message": f"exit status {_short(exc.code)}"}
-    except BaseException as exc:  # noqa: BLE001
-        return {"ok": False, "phase": "script", **_exc_info(exc, ("<candidate>",))}
-    return {"ok": True}
-
-
-HARNESSES = {"python_grade": _run_python_grade, "check": _run_check, "script": _run_script}
-
-
-def _code_main(plan, req, fds, work, nonce):
-    try:
-        _confine(plan, req, fds, work)
+        stdin = os.open(os.path.join(io, "stdin") if cmd["stdin"] and role != "candidate" else os.devnull, rd)
+        fds = [stdin, os.open(os.path.join(io, "stdout"), wr), os.open(os.path.join(io, "stderr"), wr),
+               os.open(os.path.join(io, "result") if role != "candidate" else os.devnull, os.O_WRONLY | os.O_CLOEXEC),
+               os.open(os.path.join(io, {"single": "request"}.get(role, role)), rd)]
+        if sock is not None:
+            fds.append(sock.fileno())
+        work = cmd["work"] + ("-candidate" if role == "candidate" else "")
+        _confine(plan, cmd, fds, work, role)
+        req = harness.read_request(4)
+        nonce = req.pop("nonce", None)
     except BaseException as exc:  # noqa: BLE001 - refuse to run unconfined
-        _emit({"ok": False, "phase": "sandbox", "message": f"sandbox set-up failed: {exc}"}, nonce)
+        _emit({"ok": False, "phase": "sandbox", "message": f"sandbox set-up failed: {type(exc).__name__}: {exc}"},
+              nonce)
         os._exit(71)
-    result = HARNESSES[req["kind"]](req)
-    for stream in (sys.stdout, sys.stderr):
+    if role == "candidate":
         try:
-            stream.flush()
-        except BaseException as exc:  # noqa: BLE001 - e.g. EFBIG past the output limit
-            if result.get("ok"):
-                result = {"ok": False, "phase": "flush", **_exc_info(exc, ())}
-    _emit(result, nonce)
+            harness.serve_candidate(req, harness.channel(5))
+        finally:
+            os._exit(0)
+    if role == "test":
+        result = harness.run_check_test(req, harness.channel(5))
+    else:
+        result = harness.SINGLE[cmd["kind"]](req)
+    _emit(harness.flush_streams(result), nonce)
     os._exit(0)
 
 
@@ -170,8 +101,7 @@ def _emit(result, nonce):
     try:
         data = json.dumps({**result, "nonce": nonce}).encode()
     except BaseException:  # noqa: BLE001
-        data = json.dumps({"ok": False, "phase": "result", "message": "result not serialisable",
-                           "nonce": nonce}).encode()
+        data = json.dumps({"ok": False, "phase": "result", "message": "result not serialisable", "nonce": nonce}).encode()
     try:
         os.lseek(3, 0, os.SEEK_SET)
         while data:
@@ -180,35 +110,183 @@ def _emit(result, nonce):
         pass
 
 
-# ---------------------------------------------------------------- the worker's side of a call
+def _fork(plan, cmd, role, sock, other):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if other is not None:
+                other.close()
+            _run_process(plan, cmd, role, sock)
+        finally:
+            os._exit(70)
+    return pid
 
 
-def _wait(pid, timeout, host_fd):
-    """Wait for child `pid` up to `timeout` s: (wait status, rusage), (None, None) on timeout,
-    or ("hup", None) as soon as `host_fd` turns readable (EOF: the host went away)."""
+def _wait(pid, timeout, also=None):
+    """(wait status, rusage) of child `pid`, or (None, None) if it is still running after `timeout` s
+    (or, with `also`, as soon as that other child has ended; it is not reaped here)."""
     end = time.monotonic() + timeout
+    pidfds = []
     try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
+        for watched in (pid, also) if also is not None else (pid,):
+            try:
+                pidfds.append(os.pidfd_open(watched))
+            except (AttributeError, OSError):
+                pass
         while True:
-            left = end - time.monotonic()
-            poller = select.poll()
-            poller.register(host_fd, select.POLLIN | select.POLLHUP)
-            if pidfd is not None:
-                poller.register(pidfd, select.POLLIN)
-            wait_ms = max(0.0, left) * 1000 if pidfd is not None else min(5.0, max(0.0, left) * 1000)
-            if any(fd == host_fd for fd, _ in poller.poll(wait_ms)):
-                return "hup", None
             got, status, usage = os.wait4(pid, os.WNOHANG)
             if got == pid:
                 return status, usage
+            left = end - time.monotonic()
             if left <= 0:
                 return None, None
+            if also is not None and len(pidfds) == 2 and select.select(pidfds[1:], [], [], 0)[0]:
+                return None, None
+            if len(pidfds) == (2 if also is not None else 1):
+                select.select(pidfds, [], [], left)
+            else:
+                time.sleep(min(0.005, left))
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        for fd in pidfds:
+            os.close(fd)
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return {"signal": signal.Signals(number).name}
+        except ValueError:
+            return {"signal": f"signal {number}"}
+    return {"exit_code": os.WEXITSTATUS(status)}
+
+
+def _zygote_run(plan, cmd):
+    """One run: its process(es), the deadline, the clean-up; what happened (no data of the call)."""
+    if plan.cgroup is not None:
+        plan.cgroup.limit(cmd["memory_mb"], cmd["max_procs"])
+    ooms = plan.cgroup.oom_kills() if plan.cgroup is not None else 0
+    pair = cmd["kind"] == "check"
+    works = [cmd["work"]] + ([cmd["work"] + "-candidate"] if pair else [])
+    for work in works:
+        make_work_dir(plan, work, cmd["disk_mb"])
+    start = time.monotonic()
+    candidate = None
+    if pair:
+        test_end, candidate_end = socket.socketpair()
+        candidate = _fork(plan, cmd, "candidate", candidate_end, test_end)
+        pid = _fork(plan, cmd, "test", test_end, candidate_end)
+        candidate_end.close()
+        # Kept open: if the candidate's process ends first (leaving a child that holds its end of the
+        # channel), shutting the socket down wakes the test's process at once instead of at the deadline.
+        c_status, c_usage = _wait(candidate, cmd["budget"], also=pid)
+        if c_status is not None:
+            test_end.shutdown(socket.SHUT_RDWR)
+        test_end.close()
+    else:
+        pid = _fork(plan, cmd, "single", None, None)
+    status, usage = _wait(pid, cmd["budget"] - (time.monotonic() - start))
+    timed_out = status is None
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+    out = {"timed_out": timed_out, "wall_s": time.monotonic() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+           **_describe(status)}
+    if candidate is not None:
+        if c_status is None:
+            c_status, c_usage = _wait(candidate, 0 if timed_out else CANDIDATE_GRACE_S)
+        if c_status is None:
+            os.kill(candidate, signal.SIGKILL)
+            _, c_status, c_usage = os.wait4(candidate, 0)
+        else:
+            out["candidate"] = _describe(c_status)  # how it ended on its own (killed by SIGSEGV, exited 0, ...)
+        out["cpu_s"] += c_usage.ru_utime + c_usage.ru_stime
+    if plan.caps["pid_namespace"]:
+        kill_namespace()
+    else:
+        _kill_descendants()
+    if plan.cgroup is not None and plan.cgroup.oom_kills() > ooms:
+        out["oom_killed"] = True
+    cleanup_s, errors = 0.0, []
+    for work in works:
+        took, error = remove_work_dir(plan, work)
+        cleanup_s += took
+        if error:
+            errors.append(error)
+    out["cleanup_s"] = cleanup_s
+    if errors:
+        out["cleanup_error"] = "; ".join(errors)
+    return out
+
+
+def _zygote_main(plan, cmd_fd, answer_fd):
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if not plan.caps["pid_namespace"]:
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    import gc
+
+    gc.freeze()  # forked runs then share the zygote's objects instead of copying pages on write
+    reader = os.fdopen(cmd_fd, "rb")
+    while True:
+        line = reader.readline()
+        if not line:
+            os._exit(0)
+        try:
+            out = _zygote_run(plan, json.loads(line))
+        except BaseException as exc:  # noqa: BLE001 - infrastructure trouble; the worker reports it
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        data = json.dumps(out).encode() + b"\n"
+        while data:
+            data = data[os.write(answer_fd, data):]
+
+
+class Zygote:
+    """The worker's handle on its zygote."""
+
+    def __init__(self, plan):
+        cmd_r, cmd_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(cmd_w)
+                os.close(ans_r)
+                _zygote_main(plan, cmd_r, ans_w)
+            finally:
+                os._exit(70)
+        os.close(cmd_r)
+        os.close(ans_w)
+        self.pid, self.cmd, self.ans, self._buf = pid, cmd_w, ans_r, b""
+
+    def run(self, cmd, host_fd):
+        """Ask for one run; its answer, or None as soon as the host goes away (EOF on `host_fd`)."""
+        os.write(self.cmd, json.dumps(cmd).encode() + b"\n")  # small: a pipe buffer holds it
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self.ans, host_fd], [], [])
+            if host_fd in ready:
+                return None
+            chunk = os.read(self.ans, 1 << 16)
+            if not chunk:
+                raise OSError("the zygote died")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return json.loads(line)
+
+    def alive(self):
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
+
+    def kill(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+
+
+# ---------------------------------------------------------------- the worker's side of a call
 
 
 def _read_file(path, limit):
@@ -233,83 +311,82 @@ def _read_file(path, limit):
         os.close(fd)
 
 
+def parse_result(raw, nonce):
+    """The run's result from the bytes of its result channel: any garbage is a protocol error, never a raise."""
+    if not raw:
+        return None
+    try:
+        result = json.loads(raw)
+    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. "[" * 100000
+        return {"ok": False, "phase": "result", "message": f"{PROTOCOL_ERROR}: the result channel held no valid "
+                                                           f"JSON ({type(exc).__name__})"}
+    if not isinstance(result, dict):
+        return {"ok": False, "phase": "result", "message": f"{PROTOCOL_ERROR}: the result channel held no JSON object"}
+    if result.pop("nonce", None) != nonce:
+        return {"ok": False, "phase": "result", "message": f"{PROTOCOL_ERROR}: the result channel was tampered with"}
+    return result
+
+
 class HostGone(Exception):
     pass
 
 
-def _one_run(plan, req, run, io_dir, work, budget, host_fd):
-    """Fork CODE (into the namespace), wait for it up to `budget` s, clean up, and describe what happened."""
-    os.mkdir(work, 0o700)
-    if plan.caps["uid_drop"]:
-        os.chown(work, plan.uid, plan.gid)
-    paths = {name: os.path.join(io_dir, name) for name in ("stdin", "stdout", "stderr", "result")}
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    if run.get("stdin"):
-        with open(paths["stdin"], "w", encoding="utf-8") as f:
-            f.write(run["stdin"])
-        fds = [os.open(paths["stdin"], os.O_RDONLY | os.O_CLOEXEC)]
-    else:
-        fds = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
-    fds += [os.open(paths[name], flags, 0o600) for name in ("stdout", "stderr", "result")]
+class ZygoteGone(Exception):
+    """The zygote died between calls; a new one cannot be forked (it would carry our memory): replace us."""
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _one_run(plan, zygote, req, run, work, budget, host_fd):
+    io = plan.io_dir
+    paths = {name: os.path.join(io, name) for name in IO_FILES}
     nonce = os.urandom(16).hex()
-    if plan.namespace is not None:
-        plan.namespace.ensure()
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _code_main(plan, req, fds, work, nonce)
-        finally:
-            os._exit(70)
-    for fd in fds:
-        os.close(fd)
-    status, usage = _wait(pid, budget, host_fd)
-    timed_out = status is None or status == "hup"
-    if timed_out:
-        os.kill(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
-    wall = time.monotonic() - start
-    if plan.namespace is not None:
-        plan.namespace.clean()
+    kind = req["kind"]
+    if kind == "check":  # the candidate's process gets the code only; the nonce and the tests stay on the other side
+        _write_private(paths["candidate"], json.dumps({"code": req["code"], "entry_point": req["entry_point"]}).encode())
+        _write_private(paths["test"], json.dumps({"test": req["test"], "entry_point": req["entry_point"],
+                                                  "nonce": nonce}).encode())
     else:
-        _kill_descendants()
-    if status == "hup":
-        raise HostGone()
-    out = {"timed_out": timed_out, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            out["signal"] = signal.Signals(number).name
-        except ValueError:
-            out["signal"] = f"signal {number}"
-    else:
-        out["exit_code"] = os.WEXITSTATUS(status)
-    raw, _ = _read_file(paths["result"], RESULT_CAP)
+        body = {k: v for k, v in req.items() if k not in ("runs", "id")}
+        _write_private(paths["request"], json.dumps({**body, "nonce": nonce}).encode())
+    if run.get("stdin"):
+        _write_private(paths["stdin"], run["stdin"].encode())
+    for name in ("stdout", "stderr", "result"):
+        _write_private(paths[name], b"")
+    cmd = {"kind": kind, "work": work, "budget": budget, "stdin": bool(run.get("stdin")),
+           "disk_mb": plan.disk_mb, **{k: req[k] for k in ("timeout_s", "memory_mb", "output_mb", "max_procs")}}
     try:
-        out["result"] = json.loads(raw) if raw else None
-    except ValueError:
-        out["result"] = {"ok": False, "phase": "result", "message": "the result channel held no valid JSON"}
-    if not isinstance(out["result"], (dict, type(None))):
-        out["result"] = {"ok": False, "phase": "result", "message": "the result channel held no JSON object"}
-    elif out["result"] is not None and out["result"].pop("nonce", None) != nonce:
-        out["result"] = {"ok": False, "phase": "result", "message": "the result channel was tampered with"}
-    stdout, out_size = _read_file(paths["stdout"], req.get("max_stdout", 0))
-    err, err_size = _read_file(paths["stderr"], 1 << 16)
-    out["stdout"] = stdout.decode("utf-8", "replace")
-    out["stdout_bytes"] = out_size
-    out["stderr_tail"] = err.decode("utf-8", "replace")[-STDERR_TAIL:]
-    out["output_limit_hit"] = max(out_size, err_size) >= req["output_mb"] << 20
-    for path in paths.values():  # up to output_mb each, on a tmpfs: do not keep them until the next call
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    return out
+        out = zygote.run(cmd, host_fd)
+        if out is None:
+            raise HostGone()
+        if out.get("error"):
+            raise OSError(out["error"])
+        raw, _ = _read_file(paths["result"], RESULT_CAP)
+        out["result"] = parse_result(raw, nonce)
+        stdout, out_size = _read_file(paths["stdout"], req.get("max_stdout", 0))
+        err, err_size = _read_file(paths["stderr"], 1 << 16)
+        out["stdout"] = stdout.decode("utf-8", "replace")
+        out["stdout_bytes"] = out_size
+        out["stderr_tail"] = err.decode("utf-8", "replace")[-STDERR_TAIL:]
+        out["output_limit_hit"] = max(out_size, err_size) >= req["output_mb"] << 20
+        return out
+    finally:
+        for path in paths.values():  # up to output_mb each, on a tmpfs: do not keep them until the next call
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
-def _handle(plan, req, host_fd):
+def _handle(plan, zygote, req, host_fd):
     """One request: its runs one after the other, each in a fresh temp dir, within the call's time."""
     end = time.monotonic() + req["timeout_s"]
+    if not zygote.alive():
+        raise ZygoteGone("the zygote died before the call")
     runs = []
     for index, run in enumerate(req.get("runs") or [{}]):
         budget = end - time.monotonic()
@@ -317,10 +394,7 @@ def _handle(plan, req, host_fd):
             runs.append({"skipped": True, "timed_out": True})
             continue
         work = os.path.join(plan.base_dir, f"call{int(req['id'])}-{index}")
-        try:
-            runs.append(_one_run(plan, req, run, plan.io_dir, work, budget, host_fd))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        runs.append(_one_run(plan, zygote, req, run, work, budget, host_fd))
     return {"id": req["id"], "runs": runs}
 
 
@@ -342,16 +416,15 @@ def main():
         writer.write(json.dumps(obj).encode() + b"\n")
         writer.flush()
 
+    plan = zygote = None
     try:
-        plan = Plan(base_dir, uid, disk_mb, disabled)
-    except BaseException as exc:  # noqa: BLE001
-        send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
-        return
-    import gc
-
-    gc.freeze()  # forked calls then share the worker's objects instead of copying pages on write
-    send({"ready": True, "pid": os.getpid(), "capabilities": plan.caps})
-    try:
+        try:
+            plan = Plan(base_dir, uid, disk_mb, disabled)
+            zygote = Zygote(plan)  # before any request: it never sees a call's data
+        except BaseException as exc:  # noqa: BLE001
+            send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        send({"ready": True, "pid": os.getpid(), "capabilities": plan.caps})
         while True:
             line = reader.readline()
             if not line:
@@ -362,15 +435,26 @@ def main():
                 send({"id": None, "error": "bad request"})
                 continue
             try:
-                send(_handle(plan, req, host_in))
+                send(_handle(plan, zygote, req, host_in))
             except HostGone:
                 return
-            except BaseException as exc:  # noqa: BLE001 - report infrastructure trouble, keep serving
+            except ZygoteGone as exc:  # nothing of the call ran: the host may send it to another worker
+                send({"id": req.get("id"), "error": str(exc), "retry": True})
+                return
+            except BaseException as exc:  # noqa: BLE001 - infrastructure trouble: report it; the host replaces us
                 send({"id": req.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+                return
     finally:
-        if plan.namespace is not None:
-            plan.namespace.kill()  # reap INIT ourselves rather than leave a zombie to the host's init
-        shutil.rmtree(base_dir, ignore_errors=True)
+        if zygote is not None:
+            zygote.kill()  # the namespace and everything in it dies with it
+        if plan is not None and plan.cgroup is not None:
+            for _ in range(50):  # the kernel frees a cgroup a moment after its last process is reaped
+                plan.cgroup.remove()
+                if not any(os.path.isdir(d) for d in plan.cgroup.dirs.values()):
+                    break
+                time.sleep(0.01)
+        if plan is not None:
+            remove_work_dir(plan, base_dir, 10.0)
 
 
 if __name__ == "__main__":

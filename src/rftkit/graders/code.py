@@ -3,9 +3,16 @@
 Two kinds of test, picked by `mode` (default `auto`: `io` when the row has `tests`, else `check`):
 
 - `check` (HumanEval): the row holds a test program defining `check(candidate)` (field
-  `test`) and the function name (field `entry_point`, or the `entry_point` option). The
-  candidate, then the test program, run in one namespace; `check(<entry_point>)` returning
-  is reward 1.0, anything else 0.0.
+  `test`) and the function name (field `entry_point`, or the `entry_point` option).
+  `check(<entry_point>)` returning is reward 1.0, anything else 0.0. With `harness:
+  separate` (the default) the candidate's code runs in one sandboxed process and the test
+  program in another: `candidate(...)` in the tests sends the arguments across and gets
+  back plain data (builtin types only), so nothing the candidate defines or does can reach
+  the comparisons or write the verdict. `harness: inprocess` runs both in one interpreter,
+  as HumanEval does: ~25% cheaper per sample and forgeable by the candidate (reading the
+  result nonce from a frame, returning an object whose `__eq__` is always True), so for
+  trusted code only. In separate mode, a test that passes something other than plain data
+  to the candidate (a function, an instance of its own class) cannot be graded: `None`.
 - `io` (stdin -> stdout): the row holds `tests: [{"input": "...", "output": "..."}]`; each
   test is a fresh run of the program with that stdin; output matches when equal after
   stripping trailing whitespace of every line and trailing blank lines. Reward = fraction
@@ -40,6 +47,7 @@ from rftkit.types import Item, Score
 
 MODES = ("auto", "check", "io")
 EXTRACTORS = ("last_code_block", "whole_text")
+HARNESSES = {"separate": "check", "inprocess": "check_inprocess"}
 INVALID_ITEM = "invalid_variable_error"
 FENCE_RE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 PYTHON_TAGS = ("python", "py", "python3")
@@ -68,11 +76,15 @@ class CodeGrader(sandbox.SandboxedGrader):
     def __init__(self, name: str = "code", language: str = "python", mode: str = "auto",
                  entry_point: str | None = None, test_field: str = "test", entry_point_field: str = "entry_point",
                  tests_field: str = "tests", extract: str = "last_code_block", timeout_s: float = 5.0,
-                 memory_mb: int = 512, output_mb: int = 16, max_procs: int = 32, workers: int | None = None):
+                 memory_mb: int = 512, output_mb: int = 16, max_procs: int = 32, workers: int | None = None,
+                 harness: str = "separate"):
         if language != "python":
             raise ValueError(f"language: only 'python' is supported (got {language!r})")
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)} (got {mode!r})")
+        if harness not in HARNESSES:
+            raise ValueError(f"harness: must be one of {list(HARNESSES)} (got {harness!r}); "
+                             f"'inprocess' lets the candidate forge its verdict: trusted code only")
         if extract not in EXTRACTORS:
             raise ValueError(f"extract: must be one of {list(EXTRACTORS)} (got {extract!r})")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -81,11 +93,11 @@ class CodeGrader(sandbox.SandboxedGrader):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{option}: must be a positive integer (got {value!r})")
         self.name, self.mode, self.entry_point, self.extract = name, mode, entry_point, extract
+        self.harness = harness
         self.test_field, self.entry_point_field, self.tests_field = test_field, entry_point_field, tests_field
         self.timeout_s, self.memory_mb = float(timeout_s), memory_mb
         self.output_mb, self.max_procs = output_mb, max_procs
         self._workers = workers
-
 
     def _mode(self, item: Item) -> str:
         if self.mode != "auto":
@@ -130,7 +142,7 @@ class CodeGrader(sandbox.SandboxedGrader):
         pool = sandbox.get_pool(self._workers)
         if self._mode(item) == "check":
             payload = {"code": code, "test": item.field(self.test_field), "entry_point": self._entry_point(item)}
-            call = pool.run("check", payload, **limits)
+            call = pool.run(HARNESSES[self.harness], payload, **limits)
             return self._check_score(call)
         tests = item.field(self.tests_field)
         longest = max(len(t["output"].encode()) for t in tests)
@@ -145,7 +157,7 @@ class CodeGrader(sandbox.SandboxedGrader):
         phase = (run.result or {}).get("phase")
         if phase == "check":
             return f"tests failed: {reason}"
-        if phase in ("candidate", "script"):
+        if phase in ("candidate", "script", "candidate_gone"):
             return f"code failed: {reason}"
         return reason
 
@@ -155,7 +167,7 @@ class CodeGrader(sandbox.SandboxedGrader):
         run = call.runs[0]
         if run.ok:
             return Score(reward=1.0, breakdown={"passed": 1.0})
-        if (run.result or {}).get("phase") == "sandbox":
+        if (run.result or {}).get("phase") in ("sandbox", "harness"):  # the machinery's or the test's fault
             return Score.failed(f"{RUNTIME_ERROR}: {run.reason(self.timeout_s, self.memory_mb, self.output_mb)}")
         return Score(reward=0.0, breakdown={"passed": 0.0}, error=self._reason(run))
 

@@ -57,6 +57,7 @@ Not guaranteed:
 from __future__ import annotations
 
 import atexit
+import fcntl
 import itertools
 import json
 import math
@@ -75,13 +76,14 @@ from pathlib import Path
 from typing import Any
 
 WORKER_PATH = Path(__file__).with_name("_sandbox_worker.py")
-UID_BASE = 64000  # worker k runs calls as uid/gid UID_BASE + k % UID_SLOTS (root only)
+UID_BASE = 64000  # a worker runs its calls as a uid/gid in [UID_BASE, UID_BASE + UID_SLOTS) (root only)
 UID_SLOTS = 1000
+UID_LOCK_DIRS = ("/run/lock/rftkit-sandbox-uids", "/tmp/.rftkit-sandbox-uids")  # one lock file per uid in use
+ACQUIRE_TIMEOUT_S = 120.0  # a call that finds no free worker for this long fails (as a sandbox failure)
 START_TIMEOUT_S = 30.0  # a worker that has not said "ready" by then is replaced
 HOST_SLACK_S = 5.0  # past timeout_s the host stops waiting for a worker and replaces it
 DISK_MB = 256  # per worker: total size of the files its calls may write (when it can mount a tmpfs)
 
-_uids = itertools.count()
 _pools: weakref.WeakSet = weakref.WeakSet()
 _shared: SandboxPool | None = None
 _shared_lock = threading.Lock()
@@ -106,6 +108,10 @@ class RunResult:
     output_limit_hit: bool = False
     wall_s: float | None = None
     cpu_s: float | None = None
+    oom_killed: bool = False  # the call's cgroup hit its memory limit and the kernel killed a process
+    candidate: dict | None = None  # check harness: how the candidate's process ended on its own ({"signal": ...})
+    cleanup_s: float = 0.0  # time taken to remove the run's temp dir
+    cleanup_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -125,13 +131,22 @@ class RunResult:
             return f"output file size limit ({output_mb} MB) exceeded"
         if res.get("error_type") == "MemoryError" or res.get("errno") == 12:  # ENOMEM from mmap and friends
             return f"memory limit {memory_mb} MB exceeded ({res['error_type']})"
+        if self.oom_killed:
+            return f"memory limit {memory_mb} MB exceeded (the call's cgroup; killed by the kernel)"
         if self.signal:
             return f"killed by {self.signal}"
+        if res.get("phase") == "candidate_gone":
+            fate = self.candidate or {}
+            how = (f"killed by {fate['signal']}" if fate.get("signal") else
+                   f"exited with status {fate['exit_code']}" if "exit_code" in fate else "still running")
+            if fate.get("signal") == "SIGXCPU":
+                how = f"CPU time limit ({cpu_limit} s) exceeded"
+            return f"{res.get('message')} ({how})"
         if not res:
             tail = self.stderr_tail.strip().splitlines()
             said = f"; stderr: {tail[-1][:200]}" if tail else ""
             return f"exited with status {self.exit_code} without reporting a result{said}"
-        if res.get("phase") in ("return", "exit", "sandbox", "result", "entry_point"):
+        if res.get("phase") in ("return", "exit", "sandbox", "result", "entry_point", "harness"):
             return res.get("message") or res.get("phase")
         where = f" ({res['where']})" if res.get("where") else ""
         message = f": {res['message']}" if res.get("message") else ""
@@ -182,21 +197,79 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def _claim_uid() -> tuple[int, int | None]:
+    """A uid no other worker on this host uses, and the lock fd that holds it (root only).
+
+    Each uid in use has a lock file held (flock) by its worker for the worker's life, so two
+    rftkit processes never share a uid, and with it RLIMIT_NPROC counts. The search starts at
+    a place derived from our pid, so concurrent processes rarely contend for the same files.
+    """
+    if os.geteuid() != 0:
+        return os.getuid(), None  # calls keep our uid: nothing to share
+    for lock_dir in UID_LOCK_DIRS:
+        try:
+            os.makedirs(lock_dir, 0o700, exist_ok=True)
+            break
+        except OSError:
+            continue
+    else:
+        raise SandboxError(f"no directory for the sandbox uid locks ({', '.join(UID_LOCK_DIRS)})")
+    start = (os.getpid() * 7919 + next(_claims)) % UID_SLOTS
+    for k in range(UID_SLOTS):
+        uid = UID_BASE + (start + k) % UID_SLOTS
+        fd = os.open(os.path.join(lock_dir, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    raise SandboxError(f"all {UID_SLOTS} sandbox uids from {UID_BASE} are in use on this host")
+
+
+_claims = itertools.count()
+
+
+def _remove_tree(path: str, timeout_s: float = 30.0) -> None:
+    """Remove a directory whatever is in it (deep trees included), within `timeout_s`; never raises."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except (OSError, RecursionError):
+        pass
+    try:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
 class _Worker:
     """The host's handle on one worker process."""
 
     def __init__(self, disk_mb: int, disable: tuple[str, ...] = ()) -> None:
-        self.uid = UID_BASE + next(_uids) % UID_SLOTS
-        self.base_dir = tempfile.mkdtemp(prefix="rftkit-sandbox-")
-        os.chmod(self.base_dir, 0o711)  # the sandbox uid must traverse it to reach its own temp dir
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb), ",".join(disable)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=_worker_env(), cwd="/", close_fds=True, start_new_session=True)  # Ctrl-C is the host's
+        self.uid, self._uid_lock = _claim_uid()
+        self.capabilities: dict[str, Any] | None = None
+        try:
+            self.base_dir = tempfile.mkdtemp(prefix="rftkit-sandbox-")
+            os.chmod(self.base_dir, 0o711)  # the sandbox uid must traverse it to reach its own temp dir
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", str(WORKER_PATH), self.base_dir, str(self.uid), str(disk_mb), ",".join(disable)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_worker_env(), cwd="/",
+                close_fds=True, pass_fds=() if self._uid_lock is None else (self._uid_lock,),
+                start_new_session=True)  # Ctrl-C is the host's; the worker holds the uid lock too
+        except BaseException:
+            self._release_uid()
+            raise
         os.set_blocking(self.proc.stdin.fileno(), False)  # writes wait with a deadline (see call)
         self._buf = b""
-        self.capabilities: dict[str, Any] | None = None
         self.calls = 0
+
+    def _release_uid(self) -> None:
+        if self._uid_lock is not None:
+            os.close(self._uid_lock)
+            self._uid_lock = None
 
     def ready(self) -> dict[str, Any]:
         if self.capabilities is None:
@@ -234,25 +307,45 @@ class _Worker:
                     raise SandboxError(f"sandbox worker died (exit status {code})")
                 self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        try:
+            answer = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise SandboxError(f"sandbox worker sent a bad answer ({type(exc).__name__})") from None
+        if not isinstance(answer, dict):
+            raise SandboxError("sandbox worker sent a bad answer (not an object)")
+        return answer
 
     def stop(self, kill: bool = False) -> None:
-        """End the worker (EOF on stdin makes it clean up; SIGKILL if it does not) and remove its temp dir."""
-        if self.proc.poll() is None and not kill:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=2.0)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()  # its INIT has PDEATHSIG=SIGKILL, so the running call's namespace dies too
-            self.proc.wait()
+        """End the worker (EOF on stdin makes it clean up; SIGKILL if it does not), remove its temp dir and
+        cgroup, and free its uid. Never raises."""
+        try:
+            if self.proc.poll() is None and not kill:
+                try:
+                    self.proc.stdin.close()
+                    self.proc.wait(timeout=5.0)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            if self.proc.poll() is None:
+                self.proc.kill()  # its zygote has PDEATHSIG=SIGKILL, so the running call's namespace dies too
+                self.proc.wait(timeout=10.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+        for path in (self.capabilities or {}).get("cgroup_dirs", []):  # left by a worker that was killed
+            for _ in range(20):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        _remove_tree(self.base_dir)
+        self._release_uid()
 
 
 class SandboxPool:
@@ -272,6 +365,7 @@ class SandboxPool:
         self._ids = itertools.count(1)
         self.closed = False
         self.owner_pid = os.getpid()  # a forked child (multiprocessing) must not talk to our workers
+        self.spawn_error: str | None = None  # why the last worker start failed (the pool retries on the next call)
         for _ in range(self.size):
             self._idle.put(self._spawn())
         _pools.add(self)
@@ -286,6 +380,23 @@ class SandboxPool:
         with self._lock:
             self._workers.discard(worker)
         worker.stop(kill=True)
+
+    def _refill(self) -> None:
+        """Start workers until the pool has `size` again (after a start failed); never raises."""
+        while not self.closed:
+            with self._lock:
+                if len(self._workers) >= self.size:
+                    return
+            try:
+                self._idle.put(self._spawn())
+                self.spawn_error = None
+            except (OSError, SandboxError, subprocess.SubprocessError) as exc:
+                self.spawn_error = str(exc)
+                return
+
+    def _replace(self, worker: _Worker) -> None:
+        self._retire(worker)
+        self._refill()
 
     def grow(self, workers: int) -> None:
         """Add workers until the pool has `workers` of them."""
@@ -311,12 +422,19 @@ class SandboxPool:
             raise SandboxError("the sandbox pool is closed")
         if self.owner_pid != os.getpid():
             raise SandboxError("this sandbox pool belongs to the parent process; use get_pool() after fork")
+        deadline = time.monotonic() + ACQUIRE_TIMEOUT_S
         while True:
-            worker = self._idle.get()
+            self._refill()
+            try:
+                worker = self._idle.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    why = f" (last start failure: {self.spawn_error})" if self.spawn_error else ""
+                    raise SandboxError(f"no sandbox worker became free within {ACQUIRE_TIMEOUT_S:g}s{why}") from None
+                continue
             if worker.proc.poll() is None:
                 return worker
             self._retire(worker)  # died while idle: replace it before any code runs on it
-            self._idle.put(self._spawn())
 
     def _release(self, worker: _Worker) -> None:
         if self.closed:
@@ -327,7 +445,10 @@ class SandboxPool:
     def run(self, kind: str, payload: dict[str, Any], runs: list[dict[str, Any]] | None = None, *,
             timeout_s: float = 5.0, memory_mb: int = 512, output_mb: int = 16, max_procs: int = 32,
             max_stdout: int = 0) -> CallResult:
-        """Run `kind` ("python_grade", "check" or "script") once per entry of `runs` ({"stdin": str}).
+        """Run `kind` once per entry of `runs` ({"stdin": str}).
+
+        kind: "python_grade", "script", "check" (candidate and tests in separate processes) or
+        "check_inprocess" (in one, as HumanEval: faster, forgeable by the candidate).
 
         `timeout_s` is the budget of the whole call (all its runs). A sandbox failure
         comes back as `CallResult.error`, never as an exception.
@@ -335,30 +456,36 @@ class SandboxPool:
         request = {**payload, "kind": kind, "runs": runs or [{}], "timeout_s": float(timeout_s),
                    "memory_mb": int(memory_mb), "output_mb": int(output_mb), "max_procs": int(max_procs),
                    "max_stdout": int(max_stdout)}
+        for attempt in range(2):
+            result, retry = self._run_once(request)
+            if not retry:
+                break
+        return result
+
+    def _run_once(self, request: dict[str, Any]) -> tuple[CallResult, bool]:
+        """One try on one worker: (result, whether nothing ran and the call may go to another worker)."""
         try:
             worker = self._acquire()
         except SandboxError as exc:
-            return CallResult(error=str(exc))
+            return CallResult(error=str(exc)), False
         request["id"] = next(self._ids)
         healthy = False
         try:
             worker.ready()
-            answer = worker.call(request, timeout_s + HOST_SLACK_S)
+            answer = worker.call(request, request["timeout_s"] + HOST_SLACK_S)
             if answer.get("error"):
-                return CallResult(error=f"sandbox worker error: {answer['error']}")
+                return CallResult(error=f"sandbox worker error: {answer['error']}"), answer.get("retry") is True
             healthy = True
-            return CallResult(runs=[_run_result(r) for r in answer["runs"]])
+            return CallResult(runs=[_run_result(r) for r in answer["runs"]]), False
         except SandboxError as exc:
-            return CallResult(error=str(exc))
-        except (ValueError, KeyError, TypeError) as exc:
-            return CallResult(error=f"sandbox worker sent a bad answer ({exc})")
+            return CallResult(error=str(exc)), False
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return CallResult(error=f"sandbox worker sent a bad answer ({type(exc).__name__}: {exc})"), False
         finally:
             if healthy:
                 self._release(worker)
             else:
-                self._retire(worker)
-                if not self.closed:
-                    self._idle.put(self._spawn())
+                self._replace(worker)
 
     def close(self) -> None:
         """Stop every worker (a call in flight ends as a SandboxError) and remove their temp dirs."""

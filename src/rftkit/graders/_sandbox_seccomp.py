@@ -1,0 +1,84 @@
+"""The seccomp filter every sandboxed run loads last, just before the user's code starts.
+
+Loaded by the sandbox worker from this directory (standard library plus libseccomp's Python
+bindings: the official `seccomp` module where the system has it, else `pyseccomp`, a ctypes
+binding with the same API). Without either, or without libseccomp itself, `build()` returns
+None and the worker reports `seccomp: false` in its capabilities.
+
+It is a deny list: whatever a Python program needs (files, threads, pipes, fork, exec,
+mmap, signals within its own processes) stays allowed; the syscalls below fail with an
+errno (EPERM, or EAFNOSUPPORT for socket families), so a program that tries one gets an
+ordinary OSError and a reason, not a mysterious kill. Syscalls of another ABI than the
+native one (x86 `int 0x80` from x86-64, x32) kill the process (libseccomp's default).
+"""
+
+import errno
+
+try:
+    import seccomp
+except ImportError:  # libseccomp's bindings are not on PyPI; pyseccomp has the same API
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError):  # OSError: the binding is there, libseccomp.so is not
+        seccomp = None
+
+# class of what is refused -> the syscalls (names unknown to this architecture are skipped)
+DENIED = {
+    "namespaces, mounts and root changes": (
+        "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree",
+        "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
+    "tracing and other processes' memory": (
+        "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise"),
+    "kernel keyrings": ("add_key", "request_key", "keyctl"),
+    "io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
+    "bpf and performance counters": ("bpf", "perf_event_open"),
+    "kernel images and modules": ("kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"),
+    "system administration": (
+        "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "settimeofday",
+        "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname", "iopl", "ioperm",
+        "vhangup", "lookup_dcookie", "nfsservctl", "uselib", "ustat", "sysfs"),
+    "file handles, fanotify and userfaultfd": (
+        "open_by_handle_at", "name_to_handle_at", "fanotify_init", "userfaultfd"),
+    "NUMA placement": ("mbind", "set_mempolicy", "migrate_pages", "move_pages"),
+}
+# socket() and socketpair() keep AF_UNIX, AF_INET and AF_INET6 (the network namespace has a
+# down loopback only, and Landlock refuses TCP); every other family (AF_NETLINK, AF_PACKET,
+# AF_VSOCK, AF_ALG, AF_BLUETOOTH, ...) fails with EAFNOSUPPORT.
+ALLOWED_FAMILIES = (1, 2, 10)
+# clone() may not create namespaces; clone3 (whose flags seccomp cannot read) says ENOSYS,
+# so the C library falls back to clone().
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                         0x40000000, 0x00000080)
+# Refused only where no memory cgroup counts it (an anonymous file that RLIMIT_AS does not see).
+MEMFD = ("memfd_create", "memfd_secret")
+
+
+def build(block_memfd):
+    """The filter (a libseccomp context, loaded with `.load()` in each run), or None without libseccomp."""
+    if seccomp is None:
+        return None
+    try:
+        ctx = seccomp.SyscallFilter(seccomp.ALLOW)
+    except OSError:
+        return None
+    eperm = seccomp.ERRNO(errno.EPERM)
+    names = [name for group in DENIED.values() for name in group] + (list(MEMFD) if block_memfd else [])
+    for name in names:
+        _rule(ctx, eperm, name)
+    _rule(ctx, seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for flag in CLONE_NAMESPACE_FLAGS:
+        _rule(ctx, eperm, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    refused = [f for f in range(max(ALLOWED_FAMILIES)) if f not in ALLOWED_FAMILIES]
+    for call in ("socket", "socketpair"):
+        nosupport = seccomp.ERRNO(errno.EAFNOSUPPORT)
+        _rule(ctx, nosupport, call, seccomp.Arg(0, seccomp.GT, max(ALLOWED_FAMILIES)))
+        for family in refused:
+            _rule(ctx, nosupport, call, seccomp.Arg(0, seccomp.EQ, family))
+    return ctx
+
+
+def _rule(ctx, action, name, *args):
+    try:
+        ctx.add_rule(action, name, *args)
+    except (OSError, ValueError, RuntimeError):  # a syscall this architecture does not have
+        pass
