@@ -11,8 +11,12 @@ calls (threads), on the same machine:
   grader that shells out per sample costs; also shown with `-I -S` (no site import), the
   cheapest interpreter start.
 
-The pool's start-up (once per run) is reported but not counted. The last line is
-`speedup: X.XX` (pool calls/s over the `python -c` baseline's).
+The pool's start-up (once per run) is reported but not counted. Then, on a one-worker
+pool and serial calls, where a call's time goes: the run itself (the zygote's fork of the
+run's process, its confinement - cgroup, IPC namespace, Landlock, uid, seccomp - the user
+code, its exit and reaping), the clean-up of its temp dir (a per-call tmpfs unmounted), and
+the rest (host <-> worker protocol, the run's files, the zygote round trip). The last line
+is `speedup: X.XX` (pool calls/s over the `python -c` baseline's).
 """
 
 from __future__ import annotations
@@ -77,6 +81,26 @@ def _baseline(flags: list[str]):
     return grade
 
 
+def _breakdown(calls: int) -> None:
+    """Serial calls on one worker: the median of each part of a call, in ms."""
+    parts: dict[str, list[float]] = {"call (host round trip)": [], "run: fork .. reaped": [], "temp dir clean-up": []}
+    payload = {"source": SOURCE, "sample": {"output_text": "1"}, "item": {"reference_answer": "1"}}
+    with sandbox.SandboxPool(1) as pool:
+        pool.capabilities()
+        for _ in range(calls):
+            start = time.perf_counter()
+            run = pool.run("python_grade", payload).runs[0]
+            parts["call (host round trip)"].append(time.perf_counter() - start)
+            parts["run: fork .. reaped"].append(run.wall_s or 0.0)
+            parts["temp dir clean-up"].append(run.cleanup_s)
+    med = {name: statistics.median(values) * 1000 for name, values in parts.items()}
+    med["rest: protocol, files, zygote round trip"] = (med["call (host round trip)"] - med["run: fork .. reaped"]
+                                                       - med["temp dir clean-up"])
+    print(f"where a call's time goes (1 worker, {calls} serial calls, medians):")
+    for name, ms in med.items():
+        print(f"  {name:42s} {ms:6.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=400)
@@ -111,6 +135,8 @@ def main() -> None:
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 9}|{'-' * 9}|")
     for label, rate, p50, p99 in rows:
         print(f"| {label:40s} | {rate:8.1f} | {p50:7.1f} | {p99:7.1f} |")
+    print()
+    _breakdown(args.calls)
     print()
     print(f"speedup vs python -I -S -c: {rows[0][1] / rows[2][1]:.2f}")
     print(f"speedup: {rows[0][1] / rows[1][1]:.2f}")

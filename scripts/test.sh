@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: installs what the tests need, checks the import layering,
 # then runs every test.
-# Headless Chromium (Debian's chromium + chromium-driver) renders the HTML report in a test;
-# it is installed here when apt-get can run (root or sudo). Without it that test skips locally
-# and fails under CI=true.
+# Headless Chromium (Debian's chromium + chromium-driver) renders the HTML report in a test, and
+# the sandbox's seccomp filter needs the system's libseccomp (libseccomp2); both are installed here
+# when apt-get can run (root or sudo). Without chromium that test skips locally and fails under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+need=()
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
+{ ldconfig -p 2>/dev/null || true; } | grep -q "libseccomp.so.2" || need+=(libseccomp2)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; elif command -v sudo >/dev/null; then apt_get="sudo apt-get"; else apt_get=""; fi
   if [ -n "$apt_get" ] && command -v apt-get >/dev/null; then
-    $apt_get update -qq && $apt_get install -y -qq chromium chromium-driver >/dev/null
+    $apt_get update -qq && $apt_get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "note: chromium/chromedriver not found and apt-get unavailable: the browser test of the report will skip"
+    echo "note: ${need[*]} not found and apt-get unavailable: the browser test skips, the seccomp layer is off"
   fi
 fi
 pip install torch==2.13.0

@@ -116,6 +116,28 @@ def grader_run(
     out.print(f"latency: {result['latency_s'] * 1000:.1f} ms", highlight=False)
 
 
+@grader_app.command("capabilities")
+def grader_capabilities(
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw capabilities object")] = False,
+) -> None:
+    """Which sandbox layers are active on this host, for the `python` and `code` graders."""
+    from rftkit.graders import sandbox
+
+    caps = sandbox.capabilities()
+    if as_json:
+        out.print_json(json.dumps(caps))
+        return
+    rows = sandbox.describe_capabilities(caps)
+    width = max(len(layer) for layer, _, _ in rows)
+    for layer, active, text in rows:
+        out.print(f"{'on ' if active else 'off'}  {layer:<{width}}  {text}", highlight=False, markup=False,
+                  soft_wrap=True)
+    off = [layer for layer, active, _ in rows if not active and layer != "subreaper"]
+    running = "root" if caps.get("root") else "not root" + (" (user namespace)" if caps.get("user_namespace") else "")
+    out.print(f"running as {running}; " + (f"off here: {', '.join(off)} - docs/GRADERS.md says what holds without "
+                                            f"them" if off else "every layer is on"), highlight=False, markup=False, soft_wrap=True)
+
+
 @grader_app.command("validate")
 def grader_validate(
     grader: GraderArg,

@@ -1,6 +1,8 @@
 """`rft grader run|validate`, grader checks at the start of `rft train`, and a run that survives its grader."""
 
 import json
+import os
+import sys
 
 import pytest
 import yaml
@@ -126,3 +128,18 @@ def test_training_survives_a_grader_that_hangs_and_raises(tmp_path):
     errors = [json.loads(line)["error"] for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert any(e and e.startswith("unresponsive_reward_error") for e in errors)
     assert any(e and "InjectedFault" in e for e in errors)
+
+
+def test_grader_capabilities_prints_each_layer_and_its_state():
+    done = run_cli("grader", "capabilities", timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    layers = {line.split()[1]: line.split()[0] for line in lines[:-1]}
+    assert set(layers) >= {"fresh_process_per_run", "pid_namespace", "ipc_namespace", "cgroup", "seccomp",
+                           "landlock_fs", "uid_drop", "rlimits"}, layers
+    assert lines[-1].startswith("running as")
+    raw = run_cli("grader", "capabilities", "--json", timeout=120)
+    caps = json.loads(raw.stdout)
+    assert all((layers[name] == "on") == bool(caps.get(name)) for name in layers), (layers, caps)
+    if os.geteuid() == 0 and sys.platform.startswith("linux"):  # CI runs as root: the full set
+        assert all(layers[name] == "on" for name in ("pid_namespace", "ipc_namespace", "uid_drop", "rlimits"))

@@ -98,6 +98,7 @@ class Plan:
         self._cgroup(uid)
         self._seccomp()
         self.caps["rlimits"] = True
+        self.caps["fresh_process_per_run"] = True  # the worker forks its zygote before reading any request
         self.caps["uid"] = self.uid if self.caps["uid_drop"] else os.getuid()
         self.io_dir = os.path.join(base_dir, "io")  # the worker's own files for a run; the sandbox never sees them
         os.mkdir(self.io_dir, 0o700)

@@ -87,6 +87,7 @@ def _run_process(plan, cmd, role, sock):
         try:
             harness.serve_candidate(req, harness.channel(5))
         finally:
+            harness.flush_streams({})  # what it printed is shown in reasons
             os._exit(0)
     if role == "test":
         result = harness.run_check_test(req, harness.channel(5))
@@ -132,17 +133,18 @@ def _wait(pid, timeout, also=None):
             try:
                 pidfds.append(os.pidfd_open(watched))
             except (AttributeError, OSError):
-                pass
+                pidfds = []
+                break
         while True:
             got, status, usage = os.wait4(pid, os.WNOHANG)
             if got == pid:
                 return status, usage
+            if also is not None and os.waitid(os.P_PID, also, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return None, None
             left = end - time.monotonic()
             if left <= 0:
                 return None, None
-            if also is not None and len(pidfds) == 2 and select.select(pidfds[1:], [], [], 0)[0]:
-                return None, None
-            if len(pidfds) == (2 if also is not None else 1):
+            if pidfds:
                 select.select(pidfds, [], [], left)
             else:
                 time.sleep(min(0.005, left))

@@ -3,50 +3,42 @@
 Both the `python` grader (the user's `grade(sample, item)`) and the `code` grader (the
 model's program against test cases) send their calls here. A call blocks the calling
 thread until its result or its deadline; one call per worker at a time; a dead worker is
-replaced. Each worker is `python -I _sandbox_worker.py` (standard library only), and each
-call is a fork of it, so a call costs a few milliseconds instead of an interpreter start.
+replaced, and a pool refills itself after a failed start. Each worker is `python -I
+_sandbox_worker.py` (standard library and libseccomp's bindings only); before it reads any
+request it forks a ZYGOTE, and every run is a fork of that zygote, so a run costs a few
+milliseconds instead of an interpreter start and holds nothing of earlier calls.
 
-What every call gets, when the layer is available (`capabilities()` says which are):
+The layers, each when the host allows it (`capabilities()`, `rft grader capabilities`, and
+docs/GRADERS.md, which lists what holds with and without root, cgroups, Landlock, seccomp):
 
-- **Deadline**: the worker SIGKILLs the code at `timeout_s` (the whole call's budget); the
-  host kills a worker that has not answered `HOST_SLACK_S` later. The call returns by then.
-- **Nothing outlives the call**: the code runs in the worker's PID namespace, whose pid 1
-  (INIT, ours) kills and reaps every other process in it after each run (background jobs,
-  `setsid` daemons, fork bombs); if the worker dies, INIT dies with it and the kernel kills
-  the rest.
-- **No network**: a network namespace per worker (a down loopback only), and Landlock
-  denies TCP bind/connect (ABI >= 4).
-- **Files**: Landlock gives read-only access to the Python installation, `sys.path`, /usr
-  and /lib*, and read-write access only to the run's fresh temp dir (its cwd, HOME and
-  TMPDIR, deleted after the run); nothing else (your repo, /tmp, /etc/passwd, /proc).
-- **Signals**: Landlock scopes (ABI >= 6), another uid and the PID namespace: it cannot
-  signal the worker, the host or anything else; abstract Unix sockets are scoped too.
-- **Unprivileged**: as root, setuid to a per-worker uid (`UID_BASE + k`), no groups,
-  no_new_privs; so RLIMIT_NPROC counts this call's processes only.
-- **Resources**: RLIMIT_AS (`memory_mb`), RLIMIT_CPU (`timeout_s`), RLIMIT_FSIZE
-  (`output_mb` per file; stdout and stderr are files), RLIMIT_NPROC (`max_procs`), no core
-  files: memory, output and fork bombs fail inside the sandbox.
+- **Fresh memory**: the zygote never receives a call's data; a run reads its own request
+  after the fork. Nothing of call N (test programs, other samples' inputs) is in call N+1.
+- **A verdict the candidate cannot forge** (`code`, `check`): the candidate's code runs in one
+  process, the test program in another; `candidate(...)` in the tests is a proxy that gets
+  back plain data (a pickle of builtin types only); the candidate's process holds neither the
+  result fd nor its nonce. stdin->stdout tests are compared on the host.
+- **Deadline**: the zygote SIGKILLs the run at `timeout_s` (the whole call's budget); the host
+  replaces a worker that has not answered `HOST_SLACK_S` later. The call returns by then.
+- **Nothing outlives the call**: the zygote is pid 1 of the worker's PID namespace and kills
+  and reaps every other process in it after each run; if the worker dies, so does the zygote,
+  and the kernel kills the rest.
+- **No network**: a network namespace per worker (a down loopback only); Landlock denies TCP
+  bind/connect (ABI >= 4); seccomp refuses socket families other than AF_UNIX/INET/INET6.
+- **Files**: empty private /tmp, /var/tmp, /run, /dev/shm; Landlock gives read-only access to
+  the Python installation, `sys.path`, /usr and /lib*, read-write only to the run's temp dir
+  (its cwd, HOME and TMPDIR: its own tmpfs, `disk_mb` and 16384 names at most, unmounted
+  after the run).
+- **IPC**: a fresh IPC namespace per run: SysV shared memory, queues, semaphores die with it.
+- **Signals**: Landlock scopes (ABI >= 6), another uid and the PID namespace.
+- **Unprivileged**: as root, setuid to a uid no other process on the host uses (a lock file
+  per uid, held by the worker), no groups, no_new_privs.
+- **Memory**: a cgroup per worker (v2 where delegated, else v1 memory + pids) counts all the
+  call holds (memfd, tmpfs, page cache) against `memory_mb`; RLIMIT_AS per process as well.
+- **Syscalls**: a seccomp deny list (`_sandbox_seccomp.py`): namespaces, mounts, chroot,
+  ptrace, keyrings, io_uring, bpf, perf, kexec, modules, memfd where no cgroup counts it, ...
+- **Resources**: RLIMIT_CPU, RLIMIT_FSIZE (`output_mb` per file), RLIMIT_NPROC, no core files.
 - **Host memory**: the worker reads at most `max_stdout` bytes of stdout, 64 KiB of stderr
-  and 1 MiB of result, so gigabytes of output never reach the host.
-
-Not guaranteed:
-- Memory is limited per process (RLIMIT_AS), not per call: `max_procs` processes may each
-  use `memory_mb` (no cgroup is used).
-- Without a mount namespace (no root, no user namespace) the temp dirs are on the host's
-  disk, bounded per file (`output_mb`) but not in total; with one, a `disk_mb` tmpfs per worker.
-- Without namespaces (no root and no unprivileged user namespaces) the worker is a
-  subreaper that kills whatever it finds parented to it after each run, but a worker killed
-  mid-call leaves its code running, and only Landlock (ABI >= 4, TCP only) cuts the network.
-- Without the uid drop (non-root, or root where the mount namespace fails) RLIMIT_NPROC is
-  the user's process count + `max_procs` (non-root) or not enforced (uid 0 is exempt), so a
-  fork bomb is bounded by the deadline; uid 0 that is kept loses every capability.
-- Without Landlock (kernel < 5.13) files are protected by the uid drop (root) or not at all.
-- Readable: the Python installation, every directory on the worker's `sys.path` (so an
-  editable checkout's `src/`, not the rest of the repo), /usr, /lib*. Pathname Unix sockets
-  are outside Landlock ABI <= 7 (the uid drop keeps root-owned ones closed).
-- The `code` grader's tests run in the candidate's own interpreter (as in HumanEval), so a
-  deliberately adversarial candidate can forge a pass; the cheap hacks (`sys.exit(0)` or
-  `os._exit(0)` before the tests, writing a fake result) are failures.
+  and 1 MiB of result; garbage on the result channel is a `sandbox_protocol_error` result.
 
     >>> pool = get_pool()
     >>> call = pool.run("python_grade", {"source": "def grade(s, i): return 1", "sample": {}, "item": {}})
@@ -524,6 +516,45 @@ def get_pool(workers: int | None = None) -> SandboxPool:
 def capabilities() -> dict[str, Any]:
     """Which protections are active on this machine (asks a worker of the shared pool)."""
     return get_pool().capabilities()
+
+
+# layer (a key of capabilities()) -> what it guarantees when on
+LAYERS = {
+    "fresh_process_per_run": "each run is a fork of a zygote that never held a call's data: nothing of call N in N+1",
+    "pid_namespace": "nothing a call starts outlives it (pid 1 kills and reaps the rest after each run)",
+    "subreaper": "fallback without a PID namespace: leftovers parented to the zygote are killed",
+    "net_namespace": "no network: a down loopback only",
+    "private_dirs": "/tmp, /run and /dev/shm are empty private tmpfs: no host Unix sockets or files there",
+    "per_call_tmpfs": "each run's temp dir is its own tmpfs (size and file count bounded), freed at once",
+    "ipc_namespace": "SysV shared memory, queues and semaphores are per run and die with it",
+    "uid_drop": "runs as an unprivileged uid no other process on the host uses",
+    "landlock_fs": "files: read-only Python installation and system libraries, read-write only the temp dir",
+    "landlock_net": "TCP bind and connect are refused",
+    "landlock_scope": "no signals and no abstract Unix sockets beyond the run's own processes",
+    "cgroup": "memory_mb counts everything the call holds (memfd, tmpfs, page cache); max_procs as pids.max",
+    "seccomp": "namespaces, mounts, ptrace, keyrings, io_uring, bpf, perf, kexec, other socket families refused",
+    "rlimits": "CPU time, address space, file size, process count, no core files",
+}
+
+
+def describe_capabilities(caps: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(layer, active, what it guarantees) for each layer, in the order of LAYERS; the cgroup's version,
+    the uid and what happens to memfd are folded into the text."""
+    rows = []
+    for layer, text in LAYERS.items():
+        value = caps.get(layer, False)
+        if layer == "subreaper" and caps.get("pid_namespace"):
+            continue  # only the fallback of the PID namespace
+        if layer == "cgroup":
+            text = f"{text} ({value})" if value else f"{text} (off: {caps.get('cgroup_error', 'not available')})"
+        if layer == "uid_drop" and value:
+            text = f"{text} (uid {caps.get('uid')})"
+        if layer == "seccomp":
+            text += f"; memfd: {caps.get('memfd', 'uncounted')}"
+        if layer == "private_dirs" and value:
+            text = text.replace("/tmp, /run and /dev/shm", ", ".join(value))
+        rows.append((layer, bool(value), text))
+    return rows
 
 
 @atexit.register
