@@ -125,7 +125,8 @@ def main() -> None:
         rows.append((label, len(samples) / elapsed, statistics.median(latencies) * 1000,
                      sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000))
 
-    active = ", ".join(k for k, v in caps.items() if v is True and k != "root")
+    active = ", ".join(k if v is True else f"{k} ({v})" for k, v in caps.items()
+                       if v and isinstance(v, (bool, str)) and k not in ("root", "memfd"))
     print(f"machine: {platform.node()} | {os.cpu_count()} cores | Python {platform.python_version()} | "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"calls: {len(samples)} | concurrent threads = pool workers: {workers} | pool start-up: {startup:.2f} s")

@@ -111,3 +111,19 @@ def test_an_exception_inside_the_candidate_names_its_line():
 def test_unknown_harness_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="harness: must be one of.*separate.*inprocess"):
         build_grader({"type": "code", "harness": "fast"})
+
+
+def test_helpers_of_the_prompt_that_the_tests_call_come_from_the_candidate_code():
+    """As in HumanEval/32 (`poly`) and /38 (`encode_cyclic`): the test calls a function of the prompt."""
+    item = Item(id="decode", messages=[], metadata={"entry_point": "decode", "test": (
+        "def check(candidate):\n    for word in ['abc', 'hello']:\n"
+        "        assert candidate(encode(word)) == word\n    assert SHIFT == 3\n")})
+    prompt = "SHIFT = 3\n\ndef encode(s):\n    return ''.join(chr(ord(c) + SHIFT) for c in s)\n\ndef decode(s):\n"
+    for harness in ("separate", "inprocess"):
+        grader = build_grader({"type": "code", "workers": 2, "harness": harness})
+        right = grader.grade(item, prompt + "    return ''.join(chr(ord(c) - SHIFT) for c in s)\n")
+        assert right.reward == 1.0, (harness, right)
+        wrong = grader.grade(item, prompt + "    return s\n")
+        assert wrong.reward == 0.0, (harness, wrong)
+    missing = build_grader({"type": "code", "workers": 2}).grade(item, "def decode(s):\n    return s\n")
+    assert missing.reward == 0.0 and "NameError" in missing.error, missing

@@ -7,8 +7,7 @@ start-up probe and set-up (`Plan`: user, network, mount and PID namespaces, the 
 view of /tmp, /run and /dev/shm, the size-limited tmpfs, the cgroup, the seccomp filter,
 the uid-drop probe, the Landlock ABI), the per-call tmpfs of a run's temp dir, the zygote's
 clean-up (`kill_namespace`, or the subreaper fallback `_kill_descendants`), and what a run
-does between fork and user code (`_confine`: cgroup, fds, rlimits, a fresh IPC namespace,
-no_new_privs, Landlock, uid drop or capability drop, seccomp). It is a
+does between fork and user code (`_confine`: cgroup, fds, rlimits, no_new_privs, Landlock, uid drop or capability drop, seccomp). It is a
 separate module so that the security-critical code can be read and reviewed on its own,
 apart from the request/response protocol and the harnesses that run the user's code.
 See the docstrings of `_sandbox_worker.py` and sandbox.py for the design and the guarantees.
@@ -127,7 +126,8 @@ class Plan:
                 self._mounts()
             except OSError as exc:
                 caps["mount_error"] = str(exc)
-        caps["ipc_namespace"] = privileged and _probe(lambda: _check(_libc.unshare(CLONE_NEWIPC), "unshare(ipc)"))
+        caps["ipc_namespace"] = privileged and "ipc" not in self.disabled and _probe(
+            lambda: _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)"))
         # The worker's next fork, the zygote, becomes pid 1 of a new PID namespace, and every run it forks lands there.
         caps["pid_namespace"] = privileged and _libc.unshare(CLONE_NEWPID) == 0
         caps["subreaper"] = not caps["pid_namespace"]  # the zygote sets it on itself
@@ -307,7 +307,8 @@ def _own_process_count(uid):
 def _confine(plan, limits, fds, work, role):
     """Everything between fork and user code, in a run. Any failure aborts the run (fail closed).
 
-    `role` is "single", "test" or "candidate"; `fds` become 0, 1, 2, ... in that order.
+    `role` is "single", "test" or "candidate"; `fds` become 0, 1, 2, ... in that order. The run's
+    fresh IPC namespace was made by the zygote before the fork (`new_ipc_namespace`).
     """
     if plan.cgroup is not None:  # first: from here on, everything this run allocates is counted
         for path in plan.cgroup.join_files():
@@ -331,8 +332,6 @@ def _confine(plan, limits, fds, work, role):
     os.chdir(work)
     os.environ.clear()
     os.environ.update(plan.env, HOME=work, TMPDIR=work)
-    if plan.caps["ipc_namespace"]:  # SysV shm, queues and semaphores die with the run
-        _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     if plan.abi >= 1:
         _landlock_restrict(plan, work)
@@ -355,6 +354,13 @@ def _confine(plan, limits, fds, work, role):
 
 
 # ---------------------------------------------------------------- a run's temp dir
+
+
+def new_ipc_namespace(plan):
+    """In the zygote, before a run's forks: a fresh IPC namespace that the run's processes share and
+    that dies with them (SysV shm, queues, semaphores); the zygote itself never makes IPC objects."""
+    if plan.caps["ipc_namespace"]:
+        _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
 
 
 def make_work_dir(plan, work, disk_mb):

@@ -187,7 +187,8 @@ class HarnessError(Exception):
 
 
 def serve_candidate(req, sock):
-    """In the candidate's process: run the code, say whether the entry point exists, then serve calls."""
+    """In the candidate's process: run the code, say whether the entry point exists, then serve requests:
+    ("call", name, args, kwargs) of a function of its code, and ("lookup", name) of any other name."""
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         exec(compile(req["code"], "<candidate>", "exec"), ns)
@@ -206,19 +207,29 @@ def serve_candidate(req, sock):
         frame = recv_frame(sock)
         if frame is None:
             return
-        args, kwargs = pickle.loads(frame)  # from the trusted side
-        try:
-            reply = ("return", entry(*args, **kwargs))
-        except SystemExit as exc:  # the test sees it as a failure
-            reply = ("raise", {**exc_info(exc, ("<candidate>",)),
-                               "message": f"called exit({short(exc.code)}) during a call of {req['entry_point']}"})
-        except BaseException as exc:  # noqa: BLE001
-            reply = ("raise", exc_info(exc, ("<candidate>",)))
+        request = pickle.loads(frame)  # from the trusted side
+        reply = _lookup(ns, request[1]) if request[0] == "lookup" else _call(ns, *request[1:])
         try:
             data = pickle.dumps(reply, protocol=PICKLE_PROTOCOL)
         except BaseException as exc:  # noqa: BLE001
             data = pickle.dumps(("unpicklable", f"{type(reply[1]).__name__}: {short(exc)}"), protocol=PICKLE_PROTOCOL)
         send_frame(sock, data)
+
+
+def _call(ns, name, args, kwargs):
+    try:
+        return ("return", ns[name](*args, **kwargs))
+    except SystemExit as exc:  # the test sees it as a failure
+        return ("raise", {**exc_info(exc, ("<candidate>",)),
+                          "message": f"called exit({short(exc.code)}) during a call of {name}"})
+    except BaseException as exc:  # noqa: BLE001
+        return ("raise", exc_info(exc, ("<candidate>",)))
+
+
+def _lookup(ns, name):
+    if name not in ns or name.startswith("__"):
+        return ("missing", None)
+    return ("callable", None) if callable(ns[name]) else ("value", ns[name])
 
 
 def _rebuilt_exception(info):
@@ -243,32 +254,59 @@ class CandidateError(Exception):
     """An exception the candidate raised whose type is not a builtin one (rebuilt by name only)."""
 
 
-def make_proxy(sock, entry_point):
+def _ask(sock, request, name):
+    """Send one request to the candidate's process; its reply as plain data (tag, value)."""
+    try:
+        data = pickle.dumps(request, protocol=PICKLE_PROTOCOL)
+    except BaseException as exc:  # noqa: BLE001
+        raise HarnessError(f"the test passed {short(request[2:])} to {name}, which cannot be sent "
+                           f"to the candidate's process ({type(exc).__name__}); use harness: inprocess") from None
+    try:
+        send_frame(sock, data)
+        frame = recv_frame(sock)
+    except OSError as exc:
+        raise CandidateGone(f"the candidate's process went away ({exc.strerror or exc})") from None
+    if frame is None:
+        raise CandidateGone(f"the candidate's process ended while {name} was running")
+    try:
+        reply = plain_loads(frame)
+        tag, value = reply
+    except BaseException as exc:  # noqa: BLE001 - anything the candidate wrote on the channel
+        raise CandidateGone(f"{name} returned something that is not plain data ({short(exc)})") from None
+    return tag, value
+
+
+def make_proxy(sock, name):
+    """`name` of the candidate's code, as the test program sees it: a function that returns plain data."""
     def candidate(*args, **kwargs):
-        try:
-            data = pickle.dumps((args, kwargs), protocol=PICKLE_PROTOCOL)
-        except BaseException as exc:  # noqa: BLE001
-            raise HarnessError(f"the test passed {short(args)} to {entry_point}, which cannot be sent "
-                               f"to the candidate's process ({type(exc).__name__}); use harness: inprocess") from None
-        try:
-            send_frame(sock, data)
-            frame = recv_frame(sock)
-        except OSError as exc:
-            raise CandidateGone(f"the candidate's process went away ({exc.strerror or exc})") from None
-        if frame is None:
-            raise CandidateGone(f"the candidate's process ended while {entry_point} was running")
-        try:
-            tag, value = plain_loads(frame)
-        except BaseException as exc:  # noqa: BLE001 - anything the candidate wrote on the channel
-            raise CandidateGone(f"{entry_point} returned something that is not plain data ({short(exc)})") from None
+        tag, value = _ask(sock, ("call", name, args, kwargs), name)
         if tag == "return":
             return value
         if tag == "raise" and isinstance(value, dict):
             raise _rebuilt_exception(value)
-        raise CandidateGone(f"{entry_point} returned something that cannot be sent back ({short(value)})")
+        raise CandidateGone(f"{name} returned something that cannot be sent back ({short(value)})")
 
-    candidate.__name__ = candidate.__qualname__ = str(entry_point)
+    candidate.__name__ = candidate.__qualname__ = str(name)
     return candidate
+
+
+class CandidateNames(dict):
+    """The test program's builtins: a name it uses but does not define comes from the candidate's
+    code (HumanEval's tests call helpers of the prompt, such as `poly`, or the entry point by its
+    name): a function as a proxy, a constant as plain data."""
+
+    def __init__(self, sock):
+        super().__init__(vars(builtins))
+        self.sock = sock
+
+    def __missing__(self, name):
+        tag, value = _ask(self.sock, ("lookup", name), name)
+        if tag == "callable":
+            value = make_proxy(self.sock, name)
+        elif tag != "value":
+            raise KeyError(name)
+        self[name] = value
+        return value
 
 
 def run_check_test(req, sock):
@@ -282,7 +320,7 @@ def run_check_test(req, sock):
         return {"ok": False, "phase": "candidate", "message": "the candidate's process ended before it was ready"}
     if hello.get("ok") is not True:
         return {k: v for k, v in hello.items() if k in ("phase", "message", "error_type", "where", "errno")} | {"ok": False}
-    ns = {"__name__": "__main__", "__builtins__": builtins}
+    ns = {"__name__": "__main__", "__builtins__": CandidateNames(sock)}
     phase = "test"
     try:
         exec(compile(req["test"], "<test>", "exec"), ns)

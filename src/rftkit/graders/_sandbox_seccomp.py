@@ -12,7 +12,9 @@ ordinary OSError and a reason, not a mysterious kill. Syscalls of another ABI th
 native one (x86 `int 0x80` from x86-64, x32) kill the process (libseccomp's default).
 """
 
+import ctypes
 import errno
+import os
 
 try:
     import seccomp
@@ -53,8 +55,35 @@ CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000
 MEMFD = ("memfd_create", "memfd_secret")
 
 
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+class Filter:
+    """The BPF program libseccomp compiled once (in the worker); `load()` installs it in a run.
+
+    libseccomp's own load regenerates the program from its rules in every run; loading the
+    exported program with prctl costs only the kernel's side (~0.3 ms here: it converts and
+    JIT-compiles the filter for each process, since a filter cannot be inherited from the
+    zygote, which still needs the syscalls it refuses).
+    """
+
+    def __init__(self, program):
+        self.program = program  # struct sock_filter[], 8 bytes each
+
+    def load(self):
+        prog = _SockFprog(len(self.program) // 8, self.program)
+        if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"seccomp filter: {os.strerror(err)}")
+
+
 def build(block_memfd):
-    """The filter (a libseccomp context, loaded with `.load()` in each run), or None without libseccomp."""
+    """The filter, or None without libseccomp."""
     if seccomp is None:
         return None
     try:
@@ -74,7 +103,21 @@ def build(block_memfd):
         _rule(ctx, nosupport, call, seccomp.Arg(0, seccomp.GT, max(ALLOWED_FAMILIES)))
         for family in refused:
             _rule(ctx, nosupport, call, seccomp.Arg(0, seccomp.EQ, family))
-    return ctx
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "wb", closefd=False) as out:
+            ctx.export_bpf(out)
+        os.close(write)
+        write = None
+        chunks = []
+        while chunk := os.read(read, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
+    program = b"".join(chunks)
+    return Filter(program) if program and len(program) % 8 == 0 else None
 
 
 def _rule(ctx, action, name, *args):

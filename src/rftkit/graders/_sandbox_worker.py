@@ -49,7 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import _sandbox_harness as harness
     from _sandbox_confine import (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Plan, _confine, _kill_descendants,
-                                  _libc, fcntl_dup, kill_namespace, make_work_dir, remove_work_dir)
+                                  _libc, fcntl_dup, kill_namespace, make_work_dir, new_ipc_namespace,
+                                  remove_work_dir)
 finally:
     del sys.path[0]
 
@@ -172,6 +173,7 @@ def _zygote_run(plan, cmd):
     works = [cmd["work"]] + ([cmd["work"] + "-candidate"] if pair else [])
     for work in works:
         make_work_dir(plan, work, cmd["disk_mb"])
+    new_ipc_namespace(plan)
     start = time.monotonic()
     candidate = None
     if pair:

@@ -8,11 +8,14 @@ Two kinds of test, picked by `mode` (default `auto`: `io` when the row has `test
   separate` (the default) the candidate's code runs in one sandboxed process and the test
   program in another: `candidate(...)` in the tests sends the arguments across and gets
   back plain data (builtin types only), so nothing the candidate defines or does can reach
-  the comparisons or write the verdict. `harness: inprocess` runs both in one interpreter,
-  as HumanEval does: ~25% cheaper per sample and forgeable by the candidate (reading the
-  result nonce from a frame, returning an object whose `__eq__` is always True), so for
-  trusted code only. In separate mode, a test that passes something other than plain data
-  to the candidate (a function, an instance of its own class) cannot be graded: `None`.
+  the comparisons or write the verdict; other names the tests use but do not define (helpers
+  of the prompt, such as HumanEval's `poly`) come from the candidate's code the same way.
+  `harness: inprocess` runs both in one interpreter, as HumanEval does: about half the cost
+  per sample (HumanEval, 2 cores: 2.6 ms against 5.0 ms) and forgeable by the candidate
+  (reading the result nonce from a frame, returning an object whose `__eq__` is always
+  True), so for trusted code only. In separate mode, a test that passes something other
+  than plain data to the candidate (a function, an instance of its own class) cannot be
+  graded: `None`.
 - `io` (stdin -> stdout): the row holds `tests: [{"input": "...", "output": "..."}]`; each
   test is a fresh run of the program with that stdin; output matches when equal after
   stripping trailing whitespace of every line and trailing blank lines. Reward = fraction
