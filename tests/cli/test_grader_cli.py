@@ -143,3 +143,28 @@ def test_grader_capabilities_prints_each_layer_and_its_state():
     assert all((layers[name] == "on") == bool(caps.get(name)) for name in layers), (layers, caps)
     if os.geteuid() == 0 and sys.platform.startswith("linux"):  # CI runs as root: the full set
         assert all(layers[name] == "on" for name in ("pid_namespace", "ipc_namespace", "uid_drop", "rlimits"))
+
+
+@pytest.mark.slow
+def test_training_completes_every_step_with_a_backtracking_regex_grader(tmp_path):
+    """A pattern that is exponential on any long enough text: bounded per call, graded as reward_miss with the error."""
+    run_dir = tmp_path / "run"
+    steps = 3
+    result = run_cli("train", str(EXAMPLES / "grpo.yaml"), f"run.dir={run_dir}", f"train.steps={steps}",
+                     "train.prompts_per_step=4", "rollout.num_generations=4", "run.eval_interval=0", "--quiet",
+                     "grading.timeout_s=5", "grader={type: regex, pattern: '^(.|.)*[QZ]$', flags: [DOTALL], timeout_s: 0.2}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    assert all(r["grader/timeouts"] == 0 for r in rows)  # the regex stopped itself, well inside the deadline
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    stopped = [s for s in samples if (s.get("error") or "").startswith("regex_timeout_error")]
+    assert stopped and all(s["reward"] == 0.0 for s in stopped), samples[:3]
+
+
+def test_a_formula_nested_thousands_deep_is_a_parse_error_with_exit_2(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps({"type": "multi", "calculate_output": "(" * 3000 + "a" + ")" * 3000,
+                                "graders": {"a": {"type": "answer_match"}}}))
+    done = run_cli("grader", "validate", str(path), timeout=120)
+    assert done.returncode == 2 and "formula_parse_error" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -173,6 +173,20 @@ def test_regex_modes_flags_and_rewards():
     assert custom.grade(None, text).reward == 0.5 and custom.grade(None, "no").reward == -1.0
 
 
+def test_a_catastrophically_backtracking_pattern_is_a_graded_error_within_its_timeout():
+    # `^(a+)+$` hangs Python's `re` on 'a' * 40 + '!' (the GIL is held: not even a deadline thread runs);
+    # the regex engine answers it at once, and stops the one that is exponential for it too
+    start = time.monotonic()
+    assert RegexGrader(pattern=r"^(a+)+$").grade(None, "a" * 40 + "!").reward == 0.0
+    score = RegexGrader(pattern=r"^(a|a)+$", timeout_s=0.3).grade(None, "a" * 40 + "!")
+    assert score.reward == 0.0 and score.error.startswith("regex_timeout_error") and "0.3s" in score.error
+    assert time.monotonic() - start < 2.0
+    lagged = RegexGrader(pattern=r"^(.|.)*[QZ]$", flags=["DOTALL"], timeout_s=0.2, reward_miss=-1.0)
+    assert lagged.grade(None, "any text at all, of some forty characters").reward == -1.0  # reward_miss, not None
+    with pytest.raises(ConfigError, match="timeout_s: must be positive"):
+        build_grader({"type": "regex", "pattern": "a", "timeout_s": 0})
+
+
 def test_regex_builds_and_rejects_bad_options():
     g = build_grader({"type": "regex", "pattern": "a+", "flags": ["i", "S"], "name": "aa"})
     assert g.name == "aa" and not g.needs_reference and g.grade(None, "xAAy").reward == 1.0

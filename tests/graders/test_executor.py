@@ -163,3 +163,16 @@ def test_unknown_type_lists_every_grader_type():
         build_grader({"type": "strng_check"})
     for kind in ("string_check", "text_similarity", "python", "multi", "http", "code", "math"):
         assert kind in str(err.value)
+
+
+@pytest.mark.parametrize("queued", [1, 6])
+def test_a_hung_call_is_reported_at_its_deadline_not_twice_it(queued):
+    """The first wait used to be computed before any call had started: a 6 s deadline fired at 12 s."""
+    hang = Leaf("hang", delay=30.0, concurrency=2, deadline_s=0.5)
+    executor = ThreadGraderExecutor(hang, timeout_s=0.5, step_budget_s=60.0)
+    start = time.monotonic()
+    scores, stats = executor.grade_calls([(ITEM, "x")] * queued)  # 6 calls on 2 threads: three waves of deadlines
+    took = time.monotonic() - start
+    waves = -(-queued // 2)
+    assert stats.timeouts == queued and all("no answer within 0.5s" in s.error for s in scores)
+    assert took < waves * 0.5 + 0.5, took  # each wave at its deadline, plus a margin for a loaded machine

@@ -93,3 +93,14 @@ def test_maths_errors_at_grading_time(source, message):
     f = parse(source, names=["a", "b"])  # parses fine: the problem only shows with these values
     with pytest.raises(FormulaError, match=message):
         f({"a": 2.0, "b": 3.0})
+
+
+@pytest.mark.parametrize("source", ["(" * 5000 + "1" + ")" * 5000, "-" * 3000 + "1", "2^" * 3000 + "2",
+                                    "max(" * 2000 + "1" + ")" * 2000, "1+" * 6000 + "1"])
+def test_deep_or_long_formulas_are_parse_errors_not_recursion_errors(source):
+    with pytest.raises(ValueError, match="formula_parse_error: (nested more than 100 levels|the formula has)"):
+        parse(source)
+
+
+def test_a_long_flat_sum_evaluates_without_deep_recursion():
+    assert parse("1+" * 4999 + "1")({}) == 5000.0  # 9,999 characters, one level deep

@@ -49,7 +49,8 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "write_fd1_gigabytes": ("while True:\n    os.write(1, b'x' * 2**20)", r"output file size limit"),
     # /tmp is an empty private tmpfs in the sandbox: files there do not exist for it
     "read_secret_0600": ("assert open(SECRET).read() == 'TOPSECRET'", r"PermissionError|FileNotFoundError"),
-    "read_world_readable_readme": ("open(README).read()", r"PermissionError"),
+    # (FileNotFoundError where the checkout is under /tmp, which is private to the sandbox)
+    "read_world_readable_readme": ("open(README).read()", r"PermissionError|FileNotFoundError"),
     "read_etc_passwd": ("open('/etc/passwd').read()", r"PermissionError"),
     "read_host_environ": ("open(f'/proc/{HOST_PID}/environ').read()", r"PermissionError"),
     "write_outside_tmpdir": ("open(OUTSIDE, 'w').write('pwned')", r"PermissionError|FileNotFoundError"),
@@ -399,7 +400,7 @@ from rftkit.graders import sandbox
 marker = sys.argv[1]
 body = ("def grade(sample, item):\n    import os, socket, subprocess, time\n"
         "    subprocess.Popen(['sleep', '60', MARKER], start_new_session=True)\n"
-        "    try:\n        open(README).read()\n        return 1.0\n    except PermissionError:\n        pass\n"
+        "    try:\n        open(README).read()\n        return 1.0\n    except (PermissionError, FileNotFoundError):\n        pass\n"
         "    try:\n        socket.create_connection(('127.0.0.1', 9), timeout=1)\n        return 2.0\n"
         "    except OSError:\n        pass\n    return -os.getuid()\n")
 body = body.replace("MARKER", repr(marker)).replace("README", repr(sys.argv[2]))

@@ -26,6 +26,7 @@ import time
 
 from _sandbox_cgroup import PREFIX as CGROUP_PREFIX
 from _sandbox_cgroup import Cgroup
+from _sandbox_seccomp import UNAVAILABLE as SECCOMP_UNAVAILABLE
 from _sandbox_seccomp import build as build_seccomp
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -168,6 +169,8 @@ class Plan:
     def _seccomp(self):
         self.seccomp = None if "seccomp" in self.disabled else build_seccomp(block_memfd=self.cgroup is None)
         self.caps["seccomp"] = self.seccomp is not None
+        if self.seccomp is None:
+            self.caps["seccomp_error"] = "switched off" if "seccomp" in self.disabled else SECCOMP_UNAVAILABLE
         self.caps["memfd"] = "cgroup" if self.cgroup else "refused" if self.seccomp is not None else "uncounted"
 
     def _uid_can_import(self):

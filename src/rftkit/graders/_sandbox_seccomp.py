@@ -16,13 +16,14 @@ import ctypes
 import errno
 import os
 
+UNAVAILABLE = None  # why there is no filter, when there is none
 try:
     import seccomp
 except ImportError:  # libseccomp's bindings are not on PyPI; pyseccomp has the same API
     try:
         import pyseccomp as seccomp
-    except (ImportError, OSError):  # OSError: the binding is there, libseccomp.so is not
-        seccomp = None
+    except Exception as exc:  # noqa: BLE001 - not installed, no libseccomp.so (RuntimeError), too old a one
+        seccomp, UNAVAILABLE = None, f"{type(exc).__name__}: {exc}"
 
 # class of what is refused -> the syscalls (names unknown to this architecture are skipped)
 DENIED = {

@@ -6,7 +6,8 @@ grader itself) and combines them bottom-up (graders/tree.py). Each leaf has its 
 string check. A leaf with `grade_batch` gets up to `leaf.batch_size` samples per call.
 
 Every call has a deadline (`leaf.deadline_s`, default `timeout_s`), counted from when it
-starts, not when it was queued, and the whole step has a budget. A call that raises gives
+starts, not when it was queued, and the whole step has a budget; a deadline fires within
+START_POLL_S (plus scheduling) of its time, wherever the call was in the queue. A call that raises gives
 `reward=None` with `python_grader_runtime_error`; one past a deadline gives
 `unresponsive_reward_error` and is abandoned: its lane starts a fresh thread in its place
 (threads cannot be killed; the stuck one is a daemon and exits when its call returns).
@@ -25,6 +26,9 @@ from typing import Any, Callable
 from rftkit.graders.base import RUNTIME_ERROR, TIMEOUT_ERROR, Grader
 from rftkit.graders.tree import checked, combine, leaves
 from rftkit.types import Group, Item, Score
+
+
+START_POLL_S = 0.02  # how often the executor looks for calls that have started since it last computed deadlines
 
 
 @dataclass
@@ -127,6 +131,8 @@ class ThreadGraderExecutor:
         budget_end = time.monotonic() + self.step_budget_s
         while pending:
             deadlines = [j.started + j.deadline_s for j in pending if j.started is not None]
+            if len(deadlines) < len(pending):  # a call not yet started has no deadline yet: look again soon
+                deadlines.append(time.monotonic() + START_POLL_S)
             wait = min(deadlines + [budget_end]) - time.monotonic()
             try:
                 job, answer, error = results.get(timeout=max(0.0, wait))

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import regex
 import yaml
 
 from rftkit.types import Item, Score
 
 REGEX_FLAGS = {
-    "IGNORECASE": re.IGNORECASE, "DOTALL": re.DOTALL, "MULTILINE": re.MULTILINE, "VERBOSE": re.VERBOSE,
-    "ASCII": re.ASCII, "I": re.IGNORECASE, "S": re.DOTALL, "M": re.MULTILINE, "X": re.VERBOSE, "A": re.ASCII,
+    "IGNORECASE": regex.IGNORECASE, "DOTALL": regex.DOTALL, "MULTILINE": regex.MULTILINE, "VERBOSE": regex.VERBOSE,
+    "ASCII": regex.ASCII, "I": regex.IGNORECASE, "S": regex.DOTALL, "M": regex.MULTILINE, "X": regex.VERBOSE,
+    "A": regex.ASCII,
 }
+REGEX_TIMEOUT = "regex_timeout_error"
 FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
@@ -49,14 +52,18 @@ class RegexGrader:
 
     mode: `search` (anywhere in the text) or `fullmatch` (the whole text, as Python's
     re.fullmatch). flags: names of Python `re` flags, e.g. [IGNORECASE, DOTALL, MULTILINE].
-    Breakdown: {match: 1/0}. A pattern that backtracks catastrophically is bounded by the
-    executor's per-call deadline, not here.
+    Breakdown: {match: 1/0}. Patterns use the `regex` package (Python's `re` syntax, its
+    version-0 behaviour), which can stop a match: one that has not finished within
+    `timeout_s` (a pattern like `^(a+)+$` backtracking over a long run of `a`s followed by
+    another character - text a policy can learn to emit) is `reward_miss` with a
+    `regex_timeout_error`, never a hang. Python's `re` cannot be stopped: it holds the GIL,
+    so not even the executor's deadline thread would run.
     """
 
     needs_reference = False
 
     def __init__(self, pattern: str, mode: str = "search", flags: list[str] | None = None,
-                 reward_match: float = 1.0, reward_miss: float = 0.0, name: str = "regex"):
+                 reward_match: float = 1.0, reward_miss: float = 0.0, name: str = "regex", timeout_s: float = 1.0):
         if mode not in ("search", "fullmatch"):
             raise ValueError(f"mode: must be 'search' or 'fullmatch' (got {mode!r})")
         flags = flags or []
@@ -71,16 +78,32 @@ class RegexGrader:
         if not isinstance(pattern, str):
             raise ValueError(f"pattern: must be a string (got {type(pattern).__name__})")
         try:
-            self.regex = re.compile(pattern, bits)
-        except re.error as exc:
-            raise ValueError(f"pattern: invalid regular expression {pattern!r}: "
-                             f"{exc.msg} at position {exc.pos}") from None
+            self.regex = regex.compile(pattern, bits | regex.VERSION0)
+        except (regex.error, ValueError, OverflowError, RecursionError) as exc:
+            try:  # Python's own message points at the cause ('a(b': position 1, where regex says 3)
+                re.compile(pattern, bits)
+            except re.error as own:
+                exc = own
+            except (ValueError, OverflowError, RecursionError):
+                pass
+            msg, pos = getattr(exc, "msg", str(exc)), getattr(exc, "pos", None)
+            where = f" at position {pos}" if pos is not None else ""
+            raise ValueError(f"pattern: invalid regular expression {pattern!r}: {msg}{where}") from None
+        self.timeout_s = _number(timeout_s, "timeout_s")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be positive (got {timeout_s!r})")
         self.reward_match = _number(reward_match, "reward_match")
         self.reward_miss = _number(reward_miss, "reward_miss")
         self.mode, self.name = mode, _check_name(name)
 
     def grade(self, item: Item, text: str) -> Score:
-        found = (self.regex.search if self.mode == "search" else self.regex.fullmatch)(text) is not None
+        match = self.regex.search if self.mode == "search" else self.regex.fullmatch
+        try:
+            found = match(text, timeout=self.timeout_s, concurrent=True) is not None
+        except TimeoutError:
+            return Score(reward=self.reward_miss, breakdown={"match": 0.0},
+                         error=f"{REGEX_TIMEOUT}: the pattern did not finish within {self.timeout_s:g}s on this "
+                               f"text ({len(text)} characters; catastrophic backtracking?)")
         return Score(reward=self.reward_match if found else self.reward_miss, breakdown={"match": float(found)})
 
 

@@ -21,6 +21,9 @@ Functions: `min max` (one or more arguments), `abs floor ceil exp sqrt log` (one
 is the natural log). A name followed by `(` is a function call, any other name a
 variable, so a sub-grader may even be called `max`.
 
+A formula has at most MAX_LENGTH characters and MAX_DEPTH levels of nesting (parentheses,
+calls, signs, powers), so neither the parser nor the evaluation can run out of stack.
+
 Errors, with OpenAI's flags: a formula that does not parse is a ValueError
 `calculate_output: formula_parse_error: unexpected ')' at column 7` (columns count from 1);
 a variable that names no sub-grader is `invalid_variable_error`. A maths error while
@@ -41,6 +44,8 @@ Node = Callable[[Values], float]
 
 PARSE_ERROR = "formula_parse_error"
 VARIABLE_ERROR = "invalid_variable_error"
+MAX_LENGTH = 10_000  # characters of a formula
+MAX_DEPTH = 100  # nested parentheses, calls, signs and powers: the parser and the closures recurse this deep
 
 _TOKEN_RE = re.compile(
     r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>[-+*/^(),]))"
@@ -127,6 +132,13 @@ class _Parser:
         self.tokens, self.pos = tokenize(source, field), 0
         self.names, self.field = names, field
         self.variables: set[str] = set()
+        self.depth = 0
+
+    def nest(self) -> None:
+        """One level deeper (a parenthesis, a call, a sign, a power); a formula past MAX_DEPTH is refused."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(self.peek(), f"nested more than {MAX_DEPTH} levels deep")
 
     def error(self, token: _Token, what: str = "", hint: str = "") -> ValueError:
         found = "end of formula" if token.kind == "end" else repr(token.text)
@@ -151,11 +163,20 @@ class _Parser:
         return node
 
     def _left_assoc(self, ops: str, operand: Callable[[], Node]) -> Node:
-        node = operand()
+        first, rest = operand(), []
         while self.peek().kind == "op" and self.peek().text in ops:
-            fn, right = BINARY[self.take().text], operand()
-            node = (lambda f, a, b: lambda v: f(a(v), b(v)))(fn, node, right)
-        return node
+            fn = BINARY[self.take().text]
+            rest.append((fn, operand()))
+        if not rest:
+            return first
+
+        def chain(v: Values) -> float:  # a loop, not nested closures: `1+1+...+1` stays flat
+            value = first(v)
+            for fn, right in rest:
+                value = fn(value, right(v))
+            return value
+
+        return chain
 
     def expr(self) -> Node:
         return self._left_assoc("+-", self.term)
@@ -166,7 +187,9 @@ class _Parser:
     def unary(self) -> Node:
         if self.peek().kind == "op" and self.peek().text in "+-":
             sign = self.take().text
+            self.nest()
             operand = self.unary()
+            self.depth -= 1
             return operand if sign == "+" else (lambda v: -operand(v))
         return self.power()
 
@@ -174,7 +197,9 @@ class _Parser:
         base = self.atom()
         if self.peek().kind == "op" and self.peek().text == "^":
             self.take()
+            self.nest()
             exponent = self.unary()  # right side recurses through unary: right-assoc, and 2^-1 works
+            self.depth -= 1
             return lambda v: _pow(base(v), exponent(v))
         return base
 
@@ -192,8 +217,10 @@ class _Parser:
             self.variables.add(token.text)
             return lambda v, name=token.text: v[name]
         if token.text == "(":
+            self.nest()
             node = self.expr()
             self.take(")")
+            self.depth -= 1
             return node
         raise self.error(token)
 
@@ -202,11 +229,13 @@ class _Parser:
             raise self.error(name, f"unknown function {name.text!r}", f"valid functions: {sorted(FUNCTIONS)}")
         fn, fewest, most = FUNCTIONS[name.text]
         self.take("(")
+        self.nest()
         args = [self.expr()]
         while self.peek().text == ",":
             self.take()
             args.append(self.expr())
         self.take(")")
+        self.depth -= 1
         if len(args) < fewest or (most is not None and len(args) > most):
             wanted = f"{fewest} or more" if most is None else str(most)
             raise self.error(name, f"{name.text}() takes {wanted} argument(s), got {len(args)}")
@@ -238,6 +267,8 @@ def parse(source: str, names: Iterable[str] | None = None, field: str = "calcula
         raise ValueError(f"{field}: must be a string formula (got {type(source).__name__})")
     if not source.strip():
         raise ValueError(f"{field}: {PARSE_ERROR}: empty formula")
+    if len(source) > MAX_LENGTH:
+        raise ValueError(f"{field}: {PARSE_ERROR}: the formula has {len(source)} characters (at most {MAX_LENGTH})")
     parser = _Parser(source, set(names) if names is not None else None, field)
     node = parser.parse()
     return Formula(source, frozenset(parser.variables), node)

@@ -551,6 +551,8 @@ def describe_capabilities(caps: dict[str, Any]) -> list[tuple[str, bool, str]]:
             text = f"{text} (uid {caps.get('uid')})"
         if layer == "seccomp":
             text += f"; memfd: {caps.get('memfd', 'uncounted')}"
+            if not value and caps.get("seccomp_error"):
+                text += f" (off: {caps['seccomp_error']})"
         if layer == "private_dirs" and value:
             text = text.replace("/tmp, /run and /dev/shm", ", ".join(value))
         rows.append((layer, bool(value), text))
