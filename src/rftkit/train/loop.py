@@ -11,6 +11,7 @@ on CPU.
 
 from __future__ import annotations
 
+import errno
 import random
 import shutil
 import signal
@@ -28,13 +29,15 @@ from rftkit.metrics import sample_records
 from rftkit.metrics.health import HealthMonitor
 from rftkit.models import apply_lora, load_tokenizer
 from rftkit.policy import LocalPolicy
-from rftkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rftkit.train.checkpoint import checkpoint_dir, latest_checkpoint, resumable, save_checkpoint
 from rftkit.train.lineage import check_compatible, materialize, resolve_init, write_lineage
 from rftkit.train.progress import RunProgress
 from rftkit.train.sinks import make_sinks, read_jsonl, truncate_after
 from rftkit.train.stages import stage_class
 from rftkit.train.stages.base import StepResult
 
+# a full disk, a quota, a read-only or vanished folder: the run stops with the last good checkpoint named
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT}
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "events.jsonl")  # rows past a resumed checkpoint are rewritten
 
 
@@ -127,16 +130,21 @@ class Trainer:
         self.stage.build(self.policy, self.tokenizer)
         start = 0
         if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is not None:
-                policy_state, state = load_checkpoint(ckpt)
+            found = resumable(self.run_dir, lambda message: self.console.print(f"warning: {message}", highlight=False))
+            if found is not None:
+                ckpt, policy_state, state = found
                 try:
                     self.policy.load_state_dict(policy_state)
-                except RuntimeError as exc:
-                    raise RuntimeError(f"{ckpt}: {exc}") from None
+                except (RuntimeError, KeyError, ValueError) as exc:  # the checkpoint is of another model or layout
+                    first = str(exc).strip().splitlines()[0][:300]
+                    raise UserError(f"{ckpt} does not fit this model ({first}); was model.path or lora changed? "
+                                    f"Resume with the run's own config, or start a new run.dir") from None
                 self.stage.restore(state["stage"])
                 start = state["step"]
                 self.console.print(f"resumed from {ckpt} (step {start})")
+            elif any(checkpoint_dir(self.run_dir).glob("step-*")):
+                raise UserError(f"no intact checkpoint in {checkpoint_dir(self.run_dir)} (see the warnings above); "
+                                f"start a new run.dir")
             else:
                 self.console.print(f"no checkpoint in {self.run_dir}: starting from step 0")
         for name in RUN_FILES:
@@ -238,10 +246,25 @@ class Trainer:
                 self.stage.close()
                 raise Interrupted(f"interrupted; the last checkpoint is step {saved_step}; "
                                   f"continue with: rft train --resume {self.run_dir}") from None
+            except OSError as exc:
+                if exc.errno not in DISK_ERRNOS:
+                    raise
+                progress.close()
+                self.stage.close()
+                raise UserError(f"cannot write to {self.run_dir}: {exc.strerror} ({exc.filename or 'a run file'}); "
+                                f"the last good checkpoint is step {saved_step}. Free space or fix the folder, "
+                                f"then: rft train --resume {self.run_dir}") from None
         progress.close()
         self.sink.close()
         self.stage.close()
-        final = self._save_final()
+        try:
+            final = self._save_final()
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise UserError(f"cannot write the final model to {self.run_dir}: {exc.strerror}; the last good "
+                            f"checkpoint is step {saved_step}. Free space or fix the folder, then: "
+                            f"rft train --resume {self.run_dir}") from None
         for callback in self.callbacks:
             callback.on_train_end(final)
         return final
@@ -250,8 +273,13 @@ class Trainer:
         self.stage.finalize()
         final, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save_pretrained(tmp, merge_lora=self.cfg.lora.enabled and (self.cfg.lora.merge_final or self.stage.merge_lora_on_save))
-        self.tokenizer.save_pretrained(tmp)
+        try:
+            merge = self.cfg.lora.enabled and (self.cfg.lora.merge_final or self.stage.merge_lora_on_save)
+            self.policy.save_pretrained(tmp, merge_lora=merge)
+            self.tokenizer.save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written model left behind
+            raise
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         self.console.print(f"final model: {final}")
