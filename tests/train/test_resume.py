@@ -85,3 +85,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert steps, "no step was logged"
     saved = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
     assert saved and int(saved[-1].split("-")[1]) == steps[-1], (saved, steps)
+
+
+@pytest.mark.slow
+def test_random_kills_then_resume_give_the_uninterrupted_weights():
+    """bench/kill_resume.py in small: one run, SIGKILLed at up to three random moments, resumed each time."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "kill_resume.py"), "--runs", "1", "--kills", "3",
+                           "--steps", "12", "--seed", "3", "--json"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["kills"] >= 1, summary  # else the test proved nothing
+    assert summary["identical"] == 1, summary

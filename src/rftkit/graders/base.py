@@ -107,7 +107,7 @@ def build_grader(spec: dict[str, Any] | str, where: str = "grader") -> Grader:
     options = dict(spec)
     kind = options.pop("type")
     fault = options.pop("fault", None)
-    cls = _grader_class(kind)
+    cls = _grader_class(kind) if isinstance(kind, str) else None  # a list or dict as `type` (fuzzing found it)
     if cls is None:
         raise ConfigError(f"{where}.type: unknown grader type {kind!r}; valid types: {grader_names()}")
     if "name" in options and not isinstance(options["name"], str):

@@ -12,6 +12,7 @@ on CPU.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import shutil
 import signal
@@ -179,7 +180,9 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if resume:
             if not saved.exists():
-                raise UserError(f"--resume {self.run_dir}: not a run directory (no config.yaml)")
+                started = self.run_dir.exists() and any(p.name != ".config.yaml.tmp" for p in self.run_dir.iterdir())
+                raise UserError(f"--resume {self.run_dir}: not a run directory (no config.yaml)" + (
+                    "" if started else "; the run was stopped before it started: run the original command again"))
             before, now = yaml.safe_load(saved.read_text()), self.cfg.model_dump()
             may_change = {"train.steps", "run.dir"}  # extending a run is fine; run.dir may be spelled differently
             changed = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
@@ -190,11 +193,13 @@ class Trainer:
                                 "only train.steps may change on resume (start a new run.dir otherwise)")
             if (self.run_dir / "final").exists() and not latest_checkpoint(self.run_dir):
                 raise UserError(f"{self.run_dir} already finished (final/ exists)")
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
+        elif self.run_dir.exists() and any(p.name != ".config.yaml.tmp" for p in self.run_dir.iterdir()):
             raise UserError(f"run directory {self.run_dir} is not empty: pass --resume {self.run_dir} to continue it, "
                             "or choose another run.dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(resolved)
+        partial = saved.with_name(".config.yaml.tmp")  # written whole or not at all: a kill here leaves no half config
+        partial.write_text(resolved)
+        os.replace(partial, saved)
 
     def _checkpoint(self, step: int) -> Path:
         return save_checkpoint(self.run_dir, step, self.policy.state_dict(), {"stage": self.stage.state()},
