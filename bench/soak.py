@@ -5,9 +5,13 @@
 The run uses a `multi` grader with a sandboxed `python` child (so the sandbox pool, the
 executor's lanes and the sinks all work every step), checkpoints every 100 steps and
 validates every 500. Every `--interval` seconds it samples the trainer process (RSS, open
-fds, threads) and its sandbox workers (count, summed RSS). Warm-up is the first 10% of the
-steps; the figures are the growth after it: peak RSS after warm-up over the RSS at the end of
-warm-up, and the spread of fds and threads. The last line is `rss growth after warm-up: X.X%`.
+fds, threads) and its sandbox workers (count, summed RSS). Warm-up runs until the first
+validation is over (30% of the steps): validation holds more in memory than a training step,
+so a peak measured against a warm-up without one would show the validation, not a leak. The
+figures: peak RSS after warm-up over peak RSS during it (`rss_growth_pct`), the RSS at the
+end over the RSS at the end of warm-up, and the spread of fds, threads and workers while the
+run is training (samples after its last step, as it exits, are left out). `--out FILE` keeps
+every sample. The last line is `rss growth after warm-up: X.X%`.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", help="write every sample to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rftkit-soak-") as tmp:
         grader = Path(tmp) / "grader.json"
@@ -98,15 +103,21 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"the run failed ({proc.returncode}):\n{stderr[-3000:]}")
     took = time.monotonic() - start
-    warm = [s for s in samples if s["step"] >= args.steps // 10]
-    if not warm:
-        sys.exit("no samples after warm-up: the run was too short to measure")
-    base = warm[0]
-    peak = max(s["rss_mb"] for s in warm)
+    if args.out:
+        Path(args.out).write_text(json.dumps(samples))
+    warm_up = int(args.steps * 0.3)
+    running = [s for s in samples if s["step"] < args.steps and s["workers"]]  # not the exit
+    during = [s for s in running if s["step"] < warm_up]
+    warm = [s for s in running if s["step"] >= warm_up]
+    if not warm or not during:
+        sys.exit("not enough samples on both sides of warm-up: the run was too short to measure")
+    base, peak = max(s["rss_mb"] for s in during), max(s["rss_mb"] for s in warm)
     report = {
-        "steps": args.steps, "seconds": round(took, 1), "samples": len(samples),
-        "rss_mb_at_warm_up": round(base["rss_mb"], 1), "rss_mb_peak_after": round(peak, 1),
-        "rss_mb_last": round(warm[-1]["rss_mb"], 1), "rss_growth_pct": round(100 * (peak / base["rss_mb"] - 1), 2),
+        "steps": args.steps, "seconds": round(took, 1), "samples": len(samples), "warm_up_steps": warm_up,
+        "rss_mb_peak_in_warm_up": round(base, 1), "rss_mb_peak_after": round(peak, 1),
+        "rss_mb_end_of_warm_up": round(during[-1]["rss_mb"], 1), "rss_mb_last": round(warm[-1]["rss_mb"], 1),
+        "rss_growth_pct": round(100 * (peak / base - 1), 2),
+        "rss_end_growth_pct": round(100 * (warm[-1]["rss_mb"] / during[-1]["rss_mb"] - 1), 2),
         "fds": [min(s["fds"] for s in warm), max(s["fds"] for s in warm)],
         "threads": [min(s["threads"] for s in warm), max(s["threads"] for s in warm)],
         "workers": [min(s["workers"] for s in warm), max(s["workers"] for s in warm)],
@@ -116,7 +127,7 @@ def main() -> None:
         print(json.dumps(report))
         return
     print(f"{args.steps} steps in {took:.0f} s, {len(samples)} samples every {args.interval:g} s; warm-up: "
-          f"{args.steps // 10} steps")
+          f"{warm_up} steps")
     for key, value in report.items():
         print(f"  {key}: {value}")
     print(f"rss growth after warm-up: {report['rss_growth_pct']:.1f}%")

@@ -81,5 +81,6 @@ class Group:
 
     def scored(self, scores: list[Score]) -> Group:
         """This group with `scores` (one per completion, in order) attached: a new Group."""
-        assert len(scores) == len(self.completions), f"{len(scores)} scores for {len(self.completions)} completions"
+        if len(scores) != len(self.completions):
+            raise ValueError(f"{len(scores)} scores for {len(self.completions)} completions")
         return replace(self, completions=[c.with_score(s) for c, s in zip(self.completions, scores)])

@@ -71,5 +71,5 @@ def test_asft_loss_by_hand():
 
 def test_asft_tables_refuse_unknown_names():
     assert set(BASELINES) == {"prompt_mean", "global_mean"} and set(WEIGHT_NORMALIZATIONS) == {"none", "mean_one"}
-    with pytest.raises(AssertionError, match="prompt_mean"):
+    with pytest.raises(ValueError, match="prompt_mean"):
         asft_weights(ASFT_REWARDS, ASFT_GROUPS, baseline="median")

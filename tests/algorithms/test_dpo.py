@@ -3,6 +3,9 @@
 TRL cross-checks on random inputs live in test_trl_parity.py.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -56,9 +59,9 @@ def test_dpo_ipo_by_hand():
     loss, r_chosen, _ = dpo_loss(**PAIRS, beta=0.25, loss_type="ipo")
     assert_close(loss, torch.tensor(8.5))
     assert_close(r_chosen, torch.tensor([0.125, -0.25]))
-    with pytest.raises(AssertionError, match="label_smoothing"):
+    with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(**PAIRS, beta=0.25, loss_type="ipo", label_smoothing=0.1)
-    with pytest.raises(AssertionError, match="sigmoid"):
+    with pytest.raises(ValueError, match="sigmoid"):
         dpo_loss(**PAIRS, beta=0.25, loss_type="hinge")
 
 
@@ -74,3 +77,14 @@ def test_dpo_ipo_uses_per_token_averages():
     assert_close(dpo_loss(pol[:1], pol[1:], rf[:1], rf[1:], beta=0.5, loss_type="ipo")[0], torch.tensor(0.0))
     pol, rf = sequence_logps(policy, mask), sequence_logps(ref, mask)
     assert_close(dpo_loss(pol[:1], pol[1:], rf[:1], rf[1:], beta=0.5, loss_type="ipo")[0], torch.tensor(4.0))
+
+
+def test_loss_arguments_are_checked_under_python_O_too():
+    """`assert` vanishes under -O; the losses raise ValueError instead."""
+    script = ("import torch\nfrom rftkit.algorithms.dpo import dpo_loss\nfrom rftkit.algorithms.asft import asft_weights\n"
+              "z = torch.zeros(2)\nfor call in (lambda: dpo_loss(z, z, z, z, beta=0.0), "
+              "lambda: dpo_loss(z, z, z, z, beta=0.1, loss_type='hinge'), "
+              "lambda: asft_weights(z, torch.tensor([0, 0]), baseline='median')):\n"
+              "    try:\n        call()\n    except ValueError:\n        continue\n    raise SystemExit('not refused')\n")
+    done = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout

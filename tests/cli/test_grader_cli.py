@@ -113,8 +113,8 @@ def test_training_survives_a_grader_that_hangs_and_raises(tmp_path):
     steps = 6
     result = run_cli("train", str(EXAMPLES / "grpo.yaml"), f"run.dir={run_dir}", f"train.steps={steps}",
                      "train.prompts_per_step=8", "rollout.num_generations=8", "train.micro_batch_size=64",
-                     "run.eval_interval=0", "grading.timeout_s=0.3", "grading.workers=8", "--quiet",
-                     "grader={type: answer_match, fault: {hang: 0.2, raise: 0.1, hang_s: 3, seed: 1}}")
+                     "run.eval_interval=0", "grading.timeout_s=1.0", "grading.workers=8", "--quiet",
+                     "grader={type: answer_match, fault: {hang: 0.2, raise: 0.1, hang_s: 5, seed: 1}}")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, steps + 1))

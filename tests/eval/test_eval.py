@@ -84,3 +84,25 @@ def test_compare_base_and_tuned_shows_a_significant_gain(grpo_run, tmp_path):
     assert p1["delta"] > 0 and p1["ci95"][0] > 0, p1
     assert result["items"]["wins"] > result["items"]["losses"]
     assert result["flipped"]["improved"] and "95% CI" in md.read_text()
+
+
+def test_eval_and_compare_agree_on_failed_gradings():
+    """A failed grading (None) is a miss for pass@k and left out of the mean reward, in both; an item whose
+    every grading failed is left out of reward_mean (it used to count as 0 in compare and be skipped in eval)."""
+    from rftkit.metrics.passk import evaluate_groups
+    from rftkit.types import Completion, Group, Item, Score
+
+    def group(item_id, rewards):
+        item = Item(id=item_id, messages=[{"role": "user", "content": "q"}])
+        return Group(item=item, prompt_ids=[1], completions=[Completion("x", [1], [], "stop", score=Score(r) if r is not None else
+                                                        Score.failed("boom")) for r in rewards])
+
+    base = [group("a", [1.0, None, 0.0, 1.0]), group("b", [None, None, None, None]), group("c", [0.5, 0.5, 0.5, 0.5])]
+    tuned = [group("a", [1.0, 1.0, 1.0, 1.0]), group("b", [1.0, 0.0, 1.0, 0.0]), group("c", [0.5, None, 0.5, 0.5])]
+    result = compare_groups(base, tuned, k=2, n_boot=200)
+    for side, groups in (("base", base), ("tuned", tuned)):
+        alone = evaluate_groups(groups, k=2)
+        for metric in ("pass@1", "pass@2", "reward_mean"):
+            assert result["metrics"][metric][side] == pytest.approx(alone[metric]), (side, metric)
+    assert evaluate_groups(base, k=2)["reward_mean"] == pytest.approx((2 / 3 + 0.5) / 2)  # b left out
+    assert evaluate_groups(base, k=2)["grader_errors"] == 5

@@ -75,12 +75,12 @@ def _groups(texts):
 
 
 def test_executor_masks_hangs_errors_and_garbage_without_stalling():
-    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=0.3, step_budget_s=10, workers=4)
+    executor = ThreadGraderExecutor(FlakyGrader(), timeout_s=1.0, step_budget_s=10, workers=4)  # hang: 5 s
     groups = _groups(["good", "hang", "boom", "bad", "junk", "hang", "good"])
     t0 = time.monotonic()
     scores, stats = executor.score(groups)
     elapsed = time.monotonic() - t0
-    assert elapsed < 2.0, f"a hanging grader stalled the step for {elapsed:.1f}s"
+    assert elapsed < 3.0, f"a hanging grader stalled the step for {elapsed:.1f}s"
     groups = [g.scored(s) for g, s in zip(groups, scores)]
     rewards = groups[0].rewards
     assert rewards == [1.0, None, None, 0.0, None, None, 1.0]

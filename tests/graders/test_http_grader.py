@@ -292,14 +292,14 @@ def test_timeouts_end_within_the_deadline(serve):
     score = g.grade(item(0), "ANSWER: 42")
     elapsed = time.monotonic() - start
     assert score.reward is None and score.error.startswith(f"{UNRESPONSIVE}: no answer ")  # within 0.3s (timeout_s)
-    assert script.requests == 3 and elapsed < g.deadline_s
+    assert script.requests == 3 and elapsed < g.deadline_s + 0.5  # + scheduling on a loaded machine; the server: 9 s
 
 
 def test_an_explicit_deadline_cuts_the_attempt_short(serve):
     g = grader(serve, serve(Script(delay_s=3.0)), timeout_s=10, deadline_s=0.6)
     start = time.monotonic()
     score = g.grade(item(0), "x")
-    assert time.monotonic() - start < 0.6
+    assert time.monotonic() - start < 0.6 + 0.9  # near the deadline (plus scheduling), far from the server's 3 s
     assert score.reward is None and score.error.startswith(f"{UNRESPONSIVE}: no answer before the deadline (0.6s")
 
 
@@ -320,7 +320,7 @@ def test_circuit_breaker_opens_fails_fast_then_half_opens(serve):
     assert g.breaker.state == "open" and script.requests == 3
     start = time.monotonic()
     fast = [g.grade(item(0), "ANSWER: 42") for _ in range(20)]
-    assert time.monotonic() - start < 0.2 and script.requests == 3  # refused without calling
+    assert time.monotonic() - start < 1.0 and script.requests == 3  # refused without calling (20 calls)
     assert all(s.reward is None and s.error.startswith(f"{UNRESPONSIVE}: circuit open") for s in fast)
     time.sleep(0.6)
     assert g.breaker.state == "half_open"

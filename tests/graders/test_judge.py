@@ -188,8 +188,12 @@ def test_slow_judge_times_out(judge):
 def test_unreachable_judge_fails_fast(judge):
     judge.shutdown()
     judge.server_close()  # nothing listens on that port any more
-    score = score_grader(judge, max_attempts=2).grade(ITEM, "42")
+    grader = score_grader(judge, max_attempts=2)
+    start = time.monotonic()
+    score = grader.grade(ITEM, "42")
+    took = time.monotonic() - start
     assert score.reward is None and score.error.startswith("model_grader_server_error")
+    assert took < 3.0 and took < grader.timeout_s / 4, took  # refused connections: two quick tries, not two timeouts
 
 
 def test_authorization_header_from_api_key_env(judge, monkeypatch):

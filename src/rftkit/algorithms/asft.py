@@ -82,11 +82,14 @@ def asft_weights(
     The std is the unbiased std of the valid rows' (reward - baseline); with fewer than two
     valid rows it is 0 and the eps alone divides.
     """
-    assert baseline in BASELINES, f"unknown A-SFT baseline {baseline!r}; choose one of {sorted(BASELINES)}"
-    assert normalization in WEIGHT_NORMALIZATIONS, (
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown A-SFT baseline {baseline!r}; choose one of {sorted(BASELINES)}")
+    if normalization not in WEIGHT_NORMALIZATIONS:
+        raise ValueError(
         f"unknown A-SFT weight normalization {normalization!r}; choose one of {sorted(WEIGHT_NORMALIZATIONS)}"
     )
-    assert temperature > 0, f"temperature must be > 0 (got {temperature})"
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature})")
     valid = ~torch.isnan(rewards)  # [N]
     centred = torch.where(valid, rewards - BASELINES[baseline](rewards, groups), torch.zeros_like(rewards))  # [N]
     std = centred[valid].std() if valid.sum() > 1 else torch.zeros((), dtype=rewards.dtype)

@@ -40,7 +40,8 @@ def sigmoid_loss(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.
 
 def ipo_loss(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
     """(h - 1 / (2 beta))^2: pushes the log-ratio gap to exactly 1 / (2 beta) rather than to infinity. [B] -> [B]."""
-    assert label_smoothing == 0.0, f"label_smoothing applies to the sigmoid loss only; set it to 0 for ipo (got {label_smoothing})"
+    if label_smoothing != 0.0:
+        raise ValueError(f"label_smoothing applies to the sigmoid loss only; set it to 0 for ipo (got {label_smoothing})")
     return (h - 1 / (2 * beta)) ** 2
 
 
@@ -67,8 +68,10 @@ def dpo_loss(
     All inputs: [B] sequence log-probs from `sequence_logps` (averaged for losses whose
     `average_logps` is set). Returns (loss scalar, chosen_rewards [B], rejected_rewards [B]).
     """
-    assert loss_type in LOSSES, f"unknown DPO loss_type {loss_type!r}; choose one of {sorted(LOSSES)}"
-    assert beta > 0, f"beta must be > 0 (got {beta})"
+    if loss_type not in LOSSES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {sorted(LOSSES)}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
     chosen = policy_chosen_logps - ref_chosen_logps  # [B]
     rejected = policy_rejected_logps - ref_rejected_logps  # [B]
     loss = LOSSES[loss_type].fn(chosen - rejected, beta, label_smoothing).mean()

@@ -10,21 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rftkit.metrics.passk import pass_at_k
+from rftkit.metrics.passk import per_item
 from rftkit.types import Group
-
-
-def per_item(groups: list[Group], k: int, pass_threshold: float = 1.0) -> dict[str, np.ndarray]:
-    """Per-item pass@1, pass@k and mean reward: arrays of shape [items]."""
-    p1, pk, rm = [], [], []
-    for g in groups:
-        n = len(g.completions)
-        c = sum(r is not None and r >= pass_threshold - 1e-9 for r in g.rewards)
-        valid = [r for r in g.rewards if r is not None]
-        p1.append(c / n)
-        pk.append(pass_at_k(n, c, min(k, n)))
-        rm.append(sum(valid) / len(valid) if valid else 0.0)
-    return {"pass@1": np.array(p1), f"pass@{k}": np.array(pk), "reward_mean": np.array(rm)}
 
 
 def paired_bootstrap_ci(deltas: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -47,14 +34,18 @@ def _answer(group: Group, want_pass: bool, pass_threshold: float = 1.0) -> str:
 
 def compare_groups(base: list[Group], tuned: list[Group], k: int, n_boot: int = 2000, seed: int = 0,
                    n_examples: int = 3) -> dict:
-    assert [g.item.id for g in base] == [g.item.id for g in tuned], "both models must answer the same items in order"
+    if [g.item.id for g in base] != [g.item.id for g in tuned]:
+        raise ValueError("both models must answer the same items in order")
     b, t = per_item(base, k), per_item(tuned, k)
     metrics = {}
     for name in b:
-        deltas = t[name] - b[name]  # [items]
+        both = ~(np.isnan(b[name]) | np.isnan(t[name]))  # reward_mean: items graded on both sides
+        deltas = t[name][both] - b[name][both]  # [items]
+        if not len(deltas):
+            continue
         lo, hi = paired_bootstrap_ci(deltas, n_boot, seed)
-        metrics[name] = {"base": float(b[name].mean()), "tuned": float(t[name].mean()), "delta": float(deltas.mean()),
-                         "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
+        metrics[name] = {"base": float(np.nanmean(b[name])), "tuned": float(np.nanmean(t[name])),
+                         "delta": float(deltas.mean()), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
     d1 = t["pass@1"] - b["pass@1"]  # [items]
     order = np.argsort(d1, kind="stable")
 

@@ -9,33 +9,45 @@ from __future__ import annotations
 
 from math import comb
 
+import numpy as np
+
 from rftkit.types import Group
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k of the n samples passes, given c passed."""
-    assert 0 <= c <= n and 1 <= k <= n, f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})"
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def evaluate_groups(groups: list[Group], k: int, pass_threshold: float = 1.0) -> dict[str, float]:
-    """pass@1, pass@k, mean reward over graded groups. A failed grading (None) counts as a miss
-    for pass@k and is left out of reward_mean (and counted in `grader_errors`)."""
-    passes, rewards, errors = [], [], 0
+def per_item(groups: list[Group], k: int, pass_threshold: float = 1.0) -> dict[str, np.ndarray]:
+    """Per-item pass@1, pass@k and mean reward, arrays of shape [items]: the one definition that both
+    `evaluate_groups` and `rft eval compare` use. A failed grading (reward None) is a miss for
+    pass@k and is left out of the item's mean reward; an item with no successful grading has a
+    mean reward of NaN (left out of averages, not counted as 0)."""
+    p1, pk, rm = [], [], []
     for g in groups:
         n = len(g.completions)
         c = sum(r is not None and r >= pass_threshold - 1e-9 for r in g.rewards)
-        passes.append((pass_at_k(n, c, 1), pass_at_k(n, c, min(k, n))))
         valid = [r for r in g.rewards if r is not None]
-        rewards += valid
-        errors += n - len(valid)
+        p1.append(pass_at_k(n, c, 1))
+        pk.append(pass_at_k(n, c, min(k, n)))
+        rm.append(sum(valid) / len(valid) if valid else float("nan"))
+    return {"pass@1": np.array(p1), f"pass@{k}": np.array(pk), "reward_mean": np.array(rm)}
+
+
+def evaluate_groups(groups: list[Group], k: int, pass_threshold: float = 1.0) -> dict[str, float]:
+    """pass@1, pass@k and mean reward averaged over items (`per_item`), and the count of failed gradings."""
+    items = per_item(groups, k, pass_threshold)
+    rewards = items["reward_mean"][~np.isnan(items["reward_mean"])]
     n_items = len(groups)
     return {
-        "pass@1": sum(p for p, _ in passes) / max(n_items, 1),
-        f"pass@{k}": sum(p for _, p in passes) / max(n_items, 1),
-        "reward_mean": sum(rewards) / max(len(rewards), 1),
+        "pass@1": float(items["pass@1"].mean()) if n_items else 0.0,
+        f"pass@{k}": float(items[f"pass@{k}"].mean()) if n_items else 0.0,
+        "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
         "n_items": n_items,
-        "grader_errors": errors,
+        "grader_errors": sum(r is None for g in groups for r in g.rewards),
     }

@@ -53,7 +53,8 @@ def random_problem(rng: random.Random) -> Problem:
 
 def sample_problems(n: int, split: str, seed: int, exclude: set[str] | None = None) -> list[Problem]:
     """`n` distinct problems of one split, reproducible from `seed`."""
-    assert split in SPLITS, f"split must be one of {SPLITS} (got {split!r})"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
     rng, seen, out = random.Random(seed), set(exclude or ()), []
     while len(out) < n:
         p = random_problem(rng)
