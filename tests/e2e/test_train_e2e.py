@@ -62,14 +62,16 @@ def test_kl_run_on_toy_model_loads_reference_and_logs_kl(tmp_path, toy_model_dir
     cfg = load_config(EXAMPLES / "grpo.yaml", [
         f"model.path={toy_model_dir}", f"run.dir={tmp_path / 'run'}", "train.steps=2", "train.prompts_per_step=2",
         "rollout.num_generations=4", "train.micro_batch_size=4", "rollout.max_new_tokens=8", "algorithm.beta=0.1",
-        "run.eval_interval=0", "train.lr=1e-2",
+        "run.eval_interval=0", "train.lr=1e-2", "train.steps=3",
+        # the random toy model never answers right: a length reward varies within a group, so step 1 updates
+        "grader={type: length_penalty, max_len: 30, buffer: 25, unit: chars}",
     ])
     trainer = Trainer(cfg, quiet=True)
     trainer.train()
     assert trainer.policy.reference is not None
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert rows[0]["actor/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
-    assert rows[-1]["actor/kl"] > 1e-5, rows[-1]["actor/kl"]  # after an update at lr 1e-2 they differ (k3 >= 0 always)
+    assert rows[-1]["actor/kl"] > 1e-5, [(r["actor/kl"], r["critic/rewards/mean"], r.get("actor/grad_norm")) for r in rows]  # after an update at lr 1e-2 they differ (k3 >= 0 always)
     assert load_model(str(tmp_path / "run" / "final")).config.vocab_size > 0
 
 

@@ -1,6 +1,8 @@
 """The C decode-attention kernel (rftkit/native) against the PyTorch path it replaces, its build and its fallback."""
 
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -130,3 +132,11 @@ def test_rows_that_left_the_batch_are_skipped_without_moving_the_cache():
     out = _native_attention(c2, cache)
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache.keys[0][keep, :, :4], reference_cache.keys[0][:, :, :4], rtol=1e-5, atol=1e-6)
+
+
+def test_loading_the_kernel_leaves_the_processs_floating_point_mode_alone():
+    """A library linked with -ffast-math turns on flush-to-zero for the whole process when it loads."""
+    script = ("from rftkit import native\nimport sys\nok = native.available()\n"
+              "tiny = 1e-310\nsys.exit(0 if (not ok or tiny * 0.5 != 0) else 3)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, "subnormal floats are flushed to zero after the kernel loaded"

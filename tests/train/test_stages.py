@@ -421,3 +421,20 @@ def test_asft_failed_gradings_get_weight_zero_and_the_rest_are_worked_by_hand(tm
     direct = asft_weights(nan, prompt_groups(questions), "prompt_mean", 0.5, 20, "mean_one")
     assert stage.weights == pytest.approx(direct.tolist())
     assert len(stage.examples) == len(stage.weights) == 5
+
+
+# ---- offline stages improve their own held-out metric (a sign-flipped update would not) ----------
+# DPO and the reward model are not here yet: on this tiny setup (random toy model, 8 train rows, 2 val rows,
+# 6 steps) their held-out metrics did not improve (DPO val/logp_margin 0.97 -> -0.19, reward model val/loss
+# 0.692 -> 0.706); see docs/LOG.md.
+HELD_OUT = {"sft": ("val/loss", "down"), "asft": ("val/loss", "down")}
+
+
+@pytest.mark.parametrize("name", list(HELD_OUT))
+def test_offline_stage_improves_its_held_out_metric(runs, name):
+    run = runs(name, "train.steps=6", "run.eval_interval=6", "run.eval_at_start=true")
+    metric, way = HELD_OUT[name]
+    start, end = run.rows[0], run.rows[-1]
+    assert start["step"] == 0 and end["step"] == 6, [r["step"] for r in run.rows]
+    better = end[metric] < start[metric] if way == "down" else end[metric] > start[metric]
+    assert better, f"{name}: {metric} went from {start[metric]:.4f} to {end[metric]:.4f} (wanted {way})"

@@ -34,7 +34,12 @@ SOURCE = Path(__file__).with_name("decode_attention.c")
 # -ffast-math lets the exponentials vectorise; the kernel never forms an infinity or NaN itself
 # (masked keys are skipped, not set to -inf), which is what fast-math assumes.
 FLAG_SETS = (["-march=native", "-fopenmp"], ["-march=native"], ["-mcpu=native"], [])
-BASE_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-shared"]
+BASE_FLAGS = ["-O3", "-ffast-math", "-fPIC"]
+# Compiled with -ffast-math, linked without it: linking with it adds crtfastmath.o, whose constructor turns on
+# flush-to-zero and denormals-are-zero for the whole process at load (torch's CPU maths included). The fuzz
+# suite found it: Hypothesis could no longer make subnormal floats once the kernel had been loaded.
+LINK_FLAGS = ["-shared"]
+RECIPE = "compile-then-link/2"  # part of the cache key: a kernel built by an older recipe is rebuilt
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -66,16 +71,21 @@ def _build(compiler: str) -> Path | None:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, " ".join(BASE_FLAGS + flags).encode(), version.encode(),
+        key = hashlib.sha256(b"\0".join([source, RECIPE.encode(), " ".join(BASE_FLAGS + LINK_FLAGS + flags).encode(),
+                                         version.encode(),
                                          _cpu_id().encode(), platform.machine().encode()])).hexdigest()[:16]
         target = _cache_dir() / f"decode_attention-{key}.so"
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            cmd = [compiler, *BASE_FLAGS, *flags, "-o", str(built), str(SOURCE), "-lm"]
+            built, obj = Path(tmp) / target.name, Path(tmp) / "decode_attention.o"
+            cmd = [compiler, *BASE_FLAGS, *flags, "-c", "-o", str(obj), str(SOURCE)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                link = [f for f in flags if f == "-fopenmp"]  # the OpenMP runtime, not the maths flags
+                cmd = [compiler, *LINK_FLAGS, *link, "-o", str(built), str(obj), "-lm"]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
                 os.replace(built, target)  # atomic: a concurrent build of the same key is harmless
                 return target
