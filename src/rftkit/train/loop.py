@@ -38,7 +38,8 @@ from rftkit.train.stages import stage_class
 from rftkit.train.stages.base import StepResult
 
 # a full disk, a quota, a read-only or vanished folder: the run stops with the last good checkpoint named
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT}
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # whatever the file: the disk itself
+RUN_DIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT}  # only when the file is in the run dir
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "events.jsonl")  # rows past a resumed checkpoint are rewritten
 
 
@@ -252,7 +253,7 @@ class Trainer:
                 raise Interrupted(f"interrupted; the last checkpoint is step {saved_step}; "
                                   f"continue with: rft train --resume {self.run_dir}") from None
             except OSError as exc:
-                if exc.errno not in DISK_ERRNOS:
+                if not self._disk_fault(exc):
                     raise
                 progress.close()
                 self.stage.close()
@@ -265,7 +266,7 @@ class Trainer:
         try:
             final = self._save_final()
         except OSError as exc:
-            if exc.errno not in DISK_ERRNOS:
+            if not self._disk_fault(exc):
                 raise
             raise UserError(f"cannot write the final model to {self.run_dir}: {exc.strerror}; the last good "
                             f"checkpoint is step {saved_step}. Free space or fix the folder, then: "
@@ -273,6 +274,13 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_end(final)
         return final
+
+    def _disk_fault(self, exc: OSError) -> bool:
+        """Whether an OSError is the run directory failing (full, read-only, gone), not something else in a step."""
+        if exc.errno in DISK_ERRNOS:
+            return True
+        inside = exc.filename is not None and str(exc.filename).startswith(str(self.run_dir))
+        return exc.errno in RUN_DIR_ERRNOS and inside
 
     def _save_final(self) -> Path:
         self.stage.finalize()
