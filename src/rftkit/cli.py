@@ -18,11 +18,14 @@ app = typer.Typer(help="rftkit: reinforcement fine-tuning for language models.",
 data_app = typer.Typer(help="Check and inspect JSONL datasets.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models: pass@k and mean reward.", no_args_is_help=True)
 grader_app = typer.Typer(help="Try and check graders without a model.", no_args_is_help=True)
+env_app = typer.Typer(help="Try and check multi-turn environments (tools, simulated users) without a model.",
+                      no_args_is_help=True)
 config_app = typer.Typer(help="Show run configs: every key with its value, default and meaning.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(grader_app, name="grader")
 app.add_typer(config_app, name="config")
+app.add_typer(env_app, name="env")
 err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by the `rft eval` commands: defined once so their names, defaults and help agree.
@@ -32,7 +35,9 @@ OutOpt = Annotated[Path, typer.Option("--out", help="write the result JSON here"
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0)]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1)]
 SeedOpt = Annotated[int, typer.Option("--seed")]
-DeviceOpt = Annotated[str, typer.Option("--device")]  # long paths and commands stay copy-pasteable
+DeviceOpt = Annotated[str, typer.Option("--device")]
+EnvOpt = Annotated[Path, typer.Option("--env", help="multi-turn episodes: a YAML file with an `environment:` mapping "
+                                                    "(as `rft env run` takes); the grader is still --grader")]  # long paths and commands stay copy-pasteable
 out = Console()
 
 
@@ -155,6 +160,51 @@ def grader_validate(
     out.print("\n".join(tool.describe(tool.load_grader(grader))), highlight=False, markup=False)
 
 
+EnvArg = Annotated[Path, typer.Argument(help="YAML file with an `environment:` mapping (as in a run config) and "
+                                       "optionally a `grader:`")]
+
+
+@env_app.command("run")
+def env_run(
+    env_file: EnvArg,
+    item: Annotated[Path, typer.Option("--item", help="JSON file with one item (or a JSONL file: its first row)")],
+    assistant: Annotated[Path, typer.Option("--assistant", help="JSON list of the assistant's raw turns (tool calls "
+                                                                "as <tool_call>{json}</tool_call>)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: messages, reward, turn_rewards, "
+                                                         "finish_reason, errors")] = False,
+) -> None:
+    """Play one episode with scripted assistant turns: every message, the reward, cut reasons and errors."""
+    from rftkit.agents import envfile
+    from rftkit.graders import tool
+
+    result = envfile.run(env_file, tool.read_item(item), envfile.read_turns(assistant))
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    for message in result["messages"]:
+        calls = "".join(f"\n  -> {c['function']['name']}({c['function']['arguments']})" for c in message.get("tool_calls") or [])
+        out.print(f"[{message['role']}] {message.get('content') or ''}{calls}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"reward: {result['reward']}" + (f" ({result['grader_error']})" if result["grader_error"] else ""),
+              highlight=False, markup=False, soft_wrap=True)
+    out.print(f"turn rewards: {result['turn_rewards']}", highlight=False, soft_wrap=True)
+    out.print(f"finish: {result['finish_reason']}; " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()),
+              highlight=False, soft_wrap=True)
+    for error in result["errors"]:
+        out.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+
+
+@env_app.command("validate")
+def env_validate(env_file: EnvArg) -> None:
+    """Check an environment file without a model: its type, options, tools file (syntax, schemas) and grader."""
+    from rftkit.agents import envfile
+
+    env, grader = envfile.load_env_file(env_file)
+    out.print(f"ok: {env_file}", highlight=False, markup=False)
+    out.print("\n".join(envfile.describe(env)), highlight=False, markup=False)
+    if grader is not None:
+        out.print(f"grader: {getattr(grader, 'name', type(grader).__name__)}", highlight=False, markup=False)
+
+
 @eval_app.command("run")
 def eval_run(
     model: ModelOpt = "bundled:tiny-arith",
@@ -166,12 +216,14 @@ def eval_run(
     max_new_tokens: MaxNewTokensOpt = 48,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
+    env: EnvOpt = None,
 ) -> None:
     """pass@1, pass@K (unbiased estimator) and mean reward of a model on a dataset."""
     from rftkit.eval.run import run_eval
     from rftkit.graders import load_grader_spec
 
-    result = run_eval(model, str(data), load_grader_spec(grader), samples, temperature, max_new_tokens, seed, device, out=out_file)
+    result = run_eval(model, str(data), load_grader_spec(grader), samples, temperature, max_new_tokens, seed, device,
+                      out=out_file, environment=_environment(env))
     out.print(json.dumps(result, indent=2), highlight=False)
 
 
@@ -188,13 +240,15 @@ def eval_baseline(
     max_all_pass: float = typer.Option(0.8, "--max-all-pass", help="above this share of always-solved prompts: too_easy"),
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
+    env: EnvOpt = None,
 ) -> None:
     """Readiness check before RFT: pass@1, pass@k, outcome shares and a verdict (ready / sft_first / too_easy)."""
     from rftkit.eval.baseline import baseline_report
     from rftkit.eval.run import sample_and_grade, write_json
     from rftkit.graders import load_grader_spec
 
-    groups = sample_and_grade(model, str(data), load_grader_spec(grader), n, temperature, max_new_tokens, seed, device)
+    groups = sample_and_grade(model, str(data), load_grader_spec(grader), n, temperature, max_new_tokens, seed, device,
+                              environment=_environment(env))
     result = {**baseline_report(groups, n, min_any_success, max_all_pass), "model": model, "data": str(data)}
     write_json(result, out_file)
     out.print(f"pass@1 {result['pass@1']:.3f}   pass@{n} {result['pass@k']:.3f}   reward {result['reward_mean']:.3f}", highlight=False)
@@ -217,6 +271,7 @@ def eval_compare(
     max_new_tokens: MaxNewTokensOpt = 48,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
+    env: EnvOpt = None,
 ) -> None:
     """Tuned vs base on the same items: deltas with 95% bootstrap intervals, wins/losses/ties, flipped examples."""
     from rftkit.eval.compare import compare_groups, to_markdown
@@ -224,8 +279,11 @@ def eval_compare(
     from rftkit.graders import load_grader_spec
 
     spec = load_grader_spec(grader)
-    base_groups = sample_and_grade(base, str(data), spec, n, temperature, max_new_tokens, seed, device)
-    tuned_groups = sample_and_grade(tuned, str(data), spec, n, temperature, max_new_tokens, seed, device)
+    environment = _environment(env)
+    base_groups = sample_and_grade(base, str(data), spec, n, temperature, max_new_tokens, seed, device,
+                                   environment=environment)
+    tuned_groups = sample_and_grade(tuned, str(data), spec, n, temperature, max_new_tokens, seed, device,
+                                    environment=environment)
     result = {**compare_groups(base_groups, tuned_groups, n), "base": base, "tuned": tuned, "data": str(data)}
     write_json(result, out_file)
     text = to_markdown(result, base, tuned)
@@ -251,14 +309,25 @@ def report(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(None, "--out", help="demo directory (default: runs/demo, or the next free runs/demo-N)"),
-    config: Path = typer.Option(None, "--config", help="GRPO config (default: examples/arithmetic/grpo.yaml)"),
+    config: Path = typer.Option(None, "--config", help="GRPO config (default: examples/TASK/grpo.yaml)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; a line every ~5% of the run"),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="config overrides, e.g. train.steps=20"),
+    task: str = typer.Option("arithmetic", "--task", help="arithmetic (tiny-arith) or tools (tiny-tools: multi-turn "
+                                                         "tool calls, docs/AGENTS.md)"),
 ) -> None:
     """Baseline eval of the bundled model -> GRPO training -> eval of the trained model -> before/after table."""
     from rftkit.demo import run_demo
 
-    run_demo(out_dir, config, err, quiet, overrides or [])
+    run_demo(out_dir, config, err, quiet, overrides or [], task=task)
+
+
+def _environment(path: Path | None):
+    """The checked environment of an env file (--env), before any model loads; None without one."""
+    if path is None:
+        return None
+    from rftkit.agents import envfile
+
+    return envfile.load_env_file(path)[0]
 
 
 def main() -> None:

@@ -105,6 +105,10 @@ class AlgorithmConfig(Section):
     overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty: linear from 0 at max_new_tokens - buffer "
                                  "to -overlong_penalty at max_new_tokens; 0 = off")
     overlong_penalty: float = Field(1.0, ge=0, description="size of the overlong penalty at max_new_tokens")
+    credit: Literal["trajectory", "turn"] = Field(
+        "trajectory", description="multi-turn (environment:): trajectory: one advantage for the whole episode; turn: "
+        "each assistant turn gets the discounted sum of group-normalised turn rewards from it on (docs/AGENTS.md)")
+    gamma: float = Field(1.0, ge=0, le=1, description="credit: turn: discount of later turns' rewards")
 
     check_name = field_validator("name")(_one_of("rftkit.train.stages:STAGES", "algorithm"))
     check_advantage = field_validator("advantage")(_one_of("rftkit.algorithms.grpo:ADVANTAGES", "advantage estimator"))
@@ -194,6 +198,9 @@ class Config(Section):
         "the current directory)",
     )
     grading: GradingConfig = Field(default_factory=GradingConfig, description="the grader executor: deadlines and concurrency")
+    environment: dict[str, Any] | None = Field(
+        None, description="multi-turn episodes instead of one answer per prompt: {type: tools, tools: tools.py, "
+        "max_turns: 4, ...} or {type: user_simulator, ...} (docs/AGENTS.md; files relative to the config file)")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="sampling completions (grpo, rejection_sampling)")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="the training algorithm and GRPO's loss")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="sft (and rejection_sampling's SFT steps): packing")
@@ -211,6 +218,12 @@ class Config(Section):
         # A file named here came from the command line or from Python (the loader has already loaded the
         # one a YAML file names, relative to that file), so it is relative to the current directory.
         return grader_from_file(value, Path())
+
+    @model_validator(mode="after")
+    def _credit(self) -> Config:
+        if self.algorithm.credit == "turn" and not self.environment:
+            raise ValueError("algorithm.credit: turn needs an `environment:` (turns exist only in multi-turn episodes)")
+        return self
 
     @model_validator(mode="after")
     def _batch_shape(self) -> Config:
@@ -311,6 +324,10 @@ def _resolve_paths(data: dict, root: Path) -> None:
         from rftkit.graders.base import resolve_grader_paths
 
         data["grader"] = resolve_grader_paths(data["grader"], root)
+    if isinstance(data.get("environment"), dict):
+        from rftkit.agents.environment import resolve_paths
+
+        data["environment"] = resolve_paths(data["environment"], root)
 
 
 GRADER_FILE_SUFFIXES = (".yaml", ".yml", ".json")  # as rftkit.graders.load_grader_spec reads them

@@ -44,6 +44,32 @@ class Score:
         return cls(reward=None, error=error, latency_s=latency_s)
 
 
+class Answer(str):
+    """The text a grader scores. For a multi-turn trajectory also `.messages`: the conversation
+    after the prompt (assistant turns with their tool calls, tool results, user turns)."""
+
+    messages: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def of(cls, text: str, messages: list[dict[str, Any]] | None) -> str:
+        if messages is None:
+            return text
+        answer = cls(text)
+        answer.messages = messages
+        return answer
+
+
+@dataclass
+class Trajectory:
+    """What a multi-turn episode adds to its Completion (agents/rollout.py)."""
+
+    messages: list[dict[str, Any]]  # OpenAI messages after the prompt, tool calls and results included
+    turn_spans: list[tuple[int, int]]  # [start, end) of each assistant turn in the completion's token_ids
+    turn_rewards: list[float | None]  # the environment's reward for each assistant turn (None: none given)
+    counts: dict[str, int] = field(default_factory=dict)  # turns, tool_calls, tool_errors, tool_call_errors, ...
+    errors: list[str] = field(default_factory=list)  # failed tool calls and environment errors, in words
+
+
 @dataclass
 class Completion:
     """One generated answer (or a multi-turn trajectory). Token ids exclude the prompt and any padding."""
@@ -58,6 +84,17 @@ class Completion:
     loss_mask: list[int] | None = None
     entropy: float = float("nan")  # sampling distribution's entropy summed over this completion's tokens
     version: int = 0  # the policy version that sampled it (staleness = learner version - version)
+    trajectory: Trajectory | None = None  # a multi-turn episode's messages, turns and counts
+
+    @property
+    def answer(self) -> str:
+        """What graders score: the text, carrying the episode's messages for a trajectory."""
+        return Answer.of(self.text, self.trajectory.messages if self.trajectory else None)
+
+    @property
+    def model_tokens(self) -> int:
+        """Tokens the policy generated (observations inserted by an environment excluded)."""
+        return len(self.token_ids) if self.loss_mask is None else sum(self.loss_mask)
 
     def mask(self) -> list[int]:
         """The per-token loss mask, all ones unless the engine or environment said otherwise."""

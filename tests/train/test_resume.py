@@ -83,6 +83,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "Traceback" not in stderr and "rft train --resume" in stderr
     steps = _steps(run)
     assert steps, "no step was logged"
+    assert (run / "checkpoints").is_dir(), stderr
     saved = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
     assert saved and int(saved[-1].split("-")[1]) == steps[-1], (saved, steps)
 

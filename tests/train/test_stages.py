@@ -424,9 +424,6 @@ def test_asft_failed_gradings_get_weight_zero_and_the_rest_are_worked_by_hand(tm
 
 
 # ---- offline stages improve their own held-out metric (a sign-flipped update would not) ----------
-# DPO and the reward model are not here yet: on this tiny setup (random toy model, 8 train rows, 2 val rows,
-# 6 steps) their held-out metrics did not improve (DPO val/logp_margin 0.97 -> -0.19, reward model val/loss
-# 0.692 -> 0.706); see docs/LOG.md.
 HELD_OUT = {"sft": ("val/loss", "down"), "asft": ("val/loss", "down")}
 
 
@@ -438,3 +435,43 @@ def test_offline_stage_improves_its_held_out_metric(runs, name):
     assert start["step"] == 0 and end["step"] == 6, [r["step"] for r in run.rows]
     better = end[metric] < start[metric] if way == "down" else end[metric] > start[metric]
     assert better, f"{name}: {metric} went from {start[metric]:.4f} to {end[metric]:.4f} (wanted {way})"
+
+
+# DPO and the reward model learn a preference, and a random toy model cannot learn "the right sum" from 8
+# pairs (on the example pairs, whose rejected answer has one wrong digit, DPO's val/logp_margin went
+# 0.97 -> -0.19 in 6 steps: docs/LOG.md). So these pairs carry a preference that generalises: the rejected
+# answer is the chosen one followed by a hedge. Trained on 32 pairs, measured on 16 others.
+PREFERENCE = {"dpo": [("val/logp_margin", "up")], "reward_model": [("val/loss", "down"), ("val/accuracy", "up")]}
+
+
+@pytest.mark.parametrize("name", list(PREFERENCE))
+def test_preference_stage_improves_its_held_out_metric(tmp_path, toy_model_dir, name):
+    def pairs(split, n):
+        rows = example_rows(name, split, n)
+        return [{**r, "rejected": r["chosen"] + " I am not sure."} for r in rows]
+
+    write_jsonl(tmp_path / "train.jsonl", pairs("train", 32))
+    write_jsonl(tmp_path / "val.jsonl", pairs("val", 16))
+    cfg = stage_config(name, tmp_path, toy_model_dir, "run", "train.steps=8", "run.eval_interval=8",
+                       "run.eval_at_start=true", "train.prompts_per_step=8", "train.micro_batch_size=8")
+    quiet_trainer(cfg).train()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    start, end = rows[0], rows[-1]
+    assert start["step"] == 0 and end["step"] == 8
+    for metric, way in PREFERENCE[name]:
+        better = end[metric] < start[metric] if way == "down" else end[metric] > start[metric]
+        assert better, f"{name}: {metric} went from {start[metric]:.4f} to {end[metric]:.4f} (wanted {way})"
+
+
+@pytest.mark.slow
+def test_rejection_sampling_improves_held_out_pass_at_1(tmp_path):
+    """One round of the example config (256 prompts x 8 samples, the correct ones kept, 30 SFT steps) on the
+    bundled model: held-out pass@1 over 100 items x 8 samples (measured: 0.3125 -> 0.375; 3 rounds: 0.419)."""
+    cfg = load_config(EXAMPLES / "rejection_sampling" / "rejection_sampling.yaml", [
+        f"run.dir={tmp_path / 'run'}", "rejection_sampling.rounds=1", "train.steps=30", "run.eval_interval=30",
+        "run.eval_samples=8", "run.checkpoint_interval=0"])
+    quiet_trainer(cfg).train()
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "val/pass@1" in r]
+    start, end = rows[0], rows[-1]
+    assert start["step"] == 0 and end["step"] == 30
+    assert end["val/pass@1"] > start["val/pass@1"], (start["val/pass@1"], end["val/pass@1"])

@@ -83,6 +83,36 @@ def batch_normalized(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 ADVANTAGES = {"group_mean_std": group_mean_std, "group_mean": group_mean, "rloo": rloo, "batch_normalized": batch_normalized}
 
 
+def turn_advantages(turn_rewards: list[torch.Tensor], gamma: float = 1.0, eps: float = 1e-4) -> list[torch.Tensor]:
+    """Per-turn credit for one group of trajectories (`algorithm.credit: turn`).
+
+    turn_rewards: one [T_i] tensor per trajectory, the reward of each of its assistant turns
+    (NaN everywhere = a failed grading). Every turn reward of the group is normalised by the
+    mean and std of all of them (as DeepSeekMath's process supervision), then each turn gets
+    the discounted sum of the normalised rewards from it to the end:
+    A_t = sum_{k >= t} gamma^(k - t) * r~_k. Returns one [T_i] tensor per trajectory; 0 for a
+    failed one, and everywhere when the group's turn rewards are all equal.
+    """
+    valid = [r for r in turn_rewards if r.numel() and not torch.isnan(r).any()]
+    values = torch.cat(valid) if valid else torch.zeros(0)
+    if values.numel() < 2:
+        return [torch.zeros_like(r) for r in turn_rewards]
+    mean, std = values.mean(), values.std()
+    out = []
+    for r in turn_rewards:
+        if not r.numel() or torch.isnan(r).any():
+            out.append(torch.zeros_like(r))
+            continue
+        normalised = (r - mean) / (std + eps)
+        to_go = torch.zeros_like(normalised)
+        running = torch.zeros(())
+        for t in range(len(r) - 1, -1, -1):
+            running = normalised[t] + gamma * running
+            to_go[t] = running
+        out.append(to_go)
+    return out
+
+
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k1 estimate of KL(policy || reference): logp - ref_logp. Unbiased on samples
     from the policy, but negative wherever the reference likes a token more."""
@@ -200,7 +230,7 @@ def clipped_policy_loss(
 ) -> LossParts:
     """PPO-style clipped surrogate with an optional KL term, aggregated over tokens.
 
-    logp, old_logp, mask, ref_logp: [B, T]; advantages: [B]. `mask` is 1 on completion
+    logp, old_logp, mask, ref_logp: [B, T]; advantages: [B], or [B, T] per token (per-turn credit). `mask` is 1 on completion
     tokens. `aggregate(values, mask)` is an AGGREGATIONS entry bound to the whole step's
     counts, so the micro-batch losses add up to the step's loss. With one update per batch
     (mu = 1) old_logp is logp detached: the ratio is 1 and the gradient is
@@ -210,7 +240,7 @@ def clipped_policy_loss(
     """
     high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logp - old_logp)  # [B, T]
-    adv = advantages[:, None]  # [B, 1]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + high) * adv
     per_token = -torch.min(unclipped, clipped)  # [B, T]

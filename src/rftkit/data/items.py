@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rftkit.data.tools import conversation_faults, tools_faults
 from rftkit.errors import UserError
 from rftkit.types import Item
 
@@ -80,9 +81,12 @@ def _message_faults(messages: Any, last_role: str = "user") -> list[str]:
             faults.append(f"messages[{i}]: `role` must be a string")
         elif role not in VALID_ROLES:
             faults.append(f"messages[{i}]: unknown role {role!r} (valid: {', '.join(VALID_ROLES)})")
-        if not isinstance(content, str):
+        calls_only = role == "assistant" and msg.get("tool_calls") and content in (None, "")
+        if calls_only:
+            pass  # an assistant turn that only calls tools has no text
+        elif not isinstance(content, str):
             faults.append(f"messages[{i}]: `content` must be a string")
-        elif not content.strip():
+        elif not content.strip() and role != "tool":
             faults.append(f"messages[{i}]: empty content")
     last = messages[-1]
     if isinstance(last, dict) and isinstance(last.get("role"), str) and last["role"] != last_role:
@@ -134,7 +138,14 @@ def _check_row(row: Any, line: int, seen: dict[str, int], require_reference: boo
     if "messages" not in row:
         faults.append("no `messages` field")
     else:
-        faults += _message_faults(row["messages"])
+        message_faults = _message_faults(row["messages"])
+        names = None
+        if "tools" in row:  # OpenAI function definitions (data/tools.py)
+            tool_faults, names = tools_faults(row["tools"])
+            message_faults += tool_faults
+        if isinstance(row["messages"], list):
+            message_faults += conversation_faults(row["messages"], names)
+        faults += message_faults
     reference = _reference(row)
     if require_reference and reference is None:
         faults.append("no `reference_answer` (at top level or as `metadata.reference_answer`)")

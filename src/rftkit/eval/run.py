@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
+from rftkit.agents import EnvironmentSpec, run_episodes
 from rftkit.data import load_items
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import ThreadGraderExecutor
-from rftkit.metrics import evaluate_groups
+from rftkit.metrics import env_metrics, evaluate_groups
 from rftkit.models import load_model, load_tokenizer
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.hf import HFEngine
@@ -27,14 +28,21 @@ def sample_and_grade(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 512,
+    environment: EnvironmentSpec | None = None,
 ) -> list[Group]:
-    """Every item of `data` with `samples` graded completions from `model` (seeded)."""
+    """Every item of `data` with `samples` graded completions from `model` (seeded); with an `environment`,
+    `samples` multi-turn episodes per item (agents/), graded on their last answer and conversation."""
     grader = build_grader(grader_spec, "--grader")  # spec errors before the model loads
     items = load_items(data, require_reference=grader.needs_reference)
     check_grader_items(grader, items, "--grader", data)
     torch.manual_seed(seed)
-    engine = HFEngine(load_model(model, device=device), load_tokenizer(model), batch_size=batch_size)
-    groups = engine.generate(items, samples, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
+    tokenizer = load_tokenizer(model)
+    engine = HFEngine(load_model(model, device=device), tokenizer, batch_size=batch_size)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    if environment is None:
+        groups = engine.generate(items, samples, sampling)
+    else:
+        groups = run_episodes(engine, tokenizer, environment, items, samples, sampling)
     executor = ThreadGraderExecutor(grader)
     try:
         scores, _ = executor.score(groups)
@@ -60,10 +68,12 @@ def run_eval(
     device: str = "cpu",
     batch_size: int = 512,
     out: str | Path | None = None,
+    environment: EnvironmentSpec | None = None,
 ) -> dict:
     """Evaluate `model` on `data`; optionally write the result JSON to `out`."""
-    groups = sample_and_grade(model, data, grader_spec, samples, temperature, max_new_tokens, seed, device, batch_size)
-    result = {**evaluate_groups(groups, k=samples), "model": str(model), "data": str(data), "samples": samples,
-              "temperature": temperature, "seed": seed}
+    groups = sample_and_grade(model, data, grader_spec, samples, temperature, max_new_tokens, seed, device, batch_size,
+                              environment)
+    result = {**evaluate_groups(groups, k=samples), **env_metrics(groups), "model": str(model), "data": str(data),
+              "samples": samples, "temperature": temperature, "seed": seed}
     write_json(result, out)
     return result

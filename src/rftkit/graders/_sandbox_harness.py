@@ -7,6 +7,8 @@ own request from fd 4 and writes its result to fd 3 (never both in the candidate
 Harnesses (`kind` of a request):
 
 - `python_grade`: the user's `grade(sample, item)`; the number it returns.
+- `tool_call`: one function of a tools file called with the model's arguments (agents/tools.py);
+  what it returns, as text (JSON when it can be), at most `max_chars` of it.
 - `script`: a whole program as __main__, stdin from the test's input. The host compares
   its stdout with the expected output, so nothing here decides the verdict.
 - `check` (separated, the default of the `code` grader): two processes. The candidate's
@@ -93,6 +95,25 @@ def run_python_grade(req):
         if number is not None:
             return {"ok": False, "phase": "return", "message": f"grade returned {number}, not a finite number"}
     return {"ok": False, "phase": "return", "message": f"grade returned {short(value)}, not a number"}
+
+
+def run_tool_call(req):
+    ns = {"__name__": "__tools__", "__builtins__": builtins}
+    filename = req.get("filename") or "<tools>"
+    try:
+        exec(compile(req["source"], filename, "exec"), ns)
+        value = ns[req["name"]](**req["arguments"])
+    except SystemExit as exc:
+        return {"ok": False, "phase": "exit", "error_type": "SystemExit",
+                "message": f"called exit({short(exc.code)}) instead of returning"}
+    except BaseException as exc:  # noqa: BLE001
+        return {"ok": False, "phase": "tool", **exc_info(exc, (filename,))}
+    try:
+        text = value if isinstance(value, str) else json.dumps(value)
+    except BaseException:  # noqa: BLE001 - not JSON: its repr, bounded
+        text = short(value, req["max_chars"])
+    plain = str.__str__(text)  # a str subclass's own methods are not called
+    return {"ok": True, "text": plain[: req["max_chars"]], "chars": len(plain)}
 
 
 def run_check_inprocess(req):
@@ -338,7 +359,7 @@ def run_check_test(req, sock):
     return {"ok": True}
 
 
-SINGLE = {"python_grade": run_python_grade, "script": run_script, "check_inprocess": run_check_inprocess}
+SINGLE = {"python_grade": run_python_grade, "tool_call": run_tool_call, "script": run_script, "check_inprocess": run_check_inprocess}
 
 
 def read_request(fd):

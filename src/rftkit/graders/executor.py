@@ -183,7 +183,7 @@ class ThreadGraderExecutor:
         """A Score for every completion of `groups` (per group, in order) and the step's counts.
 
         Nothing is written into the groups: `[g.scored(s) for g, s in zip(groups, scores)]` attaches them."""
-        scores, stats = self.grade_calls([(g.item, c.text) for g in groups for c in g.completions])
+        scores, stats = self.grade_calls([(g.item, c.answer) for g in groups for c in g.completions])
         per_group, start = [], 0
         for g in groups:
             per_group.append(scores[start : start + len(g.completions)])

@@ -349,7 +349,8 @@ def _sample(sample_id: str, item: Item, text: str) -> dict[str, Any]:
     """One element of the request array (see the module docstring)."""
     return {
         "id": sample_id,
-        "messages": [*item.messages, {"role": "assistant", "content": text}],
+        # a trajectory posts its whole conversation (tool calls and results), as the Nova Lambda contract has it
+        "messages": [*item.messages, *(getattr(text, "messages", None) or [{"role": "assistant", "content": text}])],
         "reference_answer": item.reference_answer,
         "metadata": {**item.metadata, "reference_answer": item.reference_answer},
     }

@@ -42,7 +42,9 @@ def sample_of(text: str) -> dict[str, Any]:
         output_json = json.loads(text)
     except (json.JSONDecodeError, ValueError):
         output_json = _MISSING
-    sample: dict[str, Any] = {"output_text": text}
+    sample: dict[str, Any] = {"output_text": str.__str__(text)}
+    if getattr(text, "messages", None) is not None:  # a multi-turn trajectory (types.Answer)
+        sample["messages"] = text.messages
     if output_json is not _MISSING:
         sample["output_json"] = output_json
     return sample

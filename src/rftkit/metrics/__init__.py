@@ -15,7 +15,7 @@ import statistics
 from rftkit.metrics.passk import evaluate_groups, pass_at_k
 from rftkit.types import Group
 
-__all__ = ["breakdown_means", "evaluate_groups", "pass_at_k", "percentile", "rollout_metrics", "sample_records"]
+__all__ = ["breakdown_means", "env_metrics", "evaluate_groups", "pass_at_k", "percentile", "rollout_metrics", "sample_records"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -33,7 +33,7 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
     """
     rewards = [r for g in groups for r in g.rewards if r is not None]
     completions = [c for g in groups for c in g.completions]
-    lengths = [len(c.token_ids) for c in completions]
+    lengths = [c.model_tokens for c in completions]  # observations an environment inserted are not the model's
     zero_std = sum(len({r for r in g.rewards if r is not None}) <= 1 for g in groups)
     metered = [c for c in completions if not math.isnan(c.entropy)]
     return {
@@ -55,6 +55,20 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
         **{f"grader/injected_{kind}": n for kind, n in grading.injected.items()},
         **breakdown_means([c.score for c in completions]),
     }
+
+
+def env_metrics(groups: list[Group]) -> dict[str, float]:
+    """`env/*` of multi-turn episodes (none for single answers): turns and tool calls per episode, and counts
+    of failed tool calls, malformed ones and episodes cut by a limit (docs/AGENTS.md)."""
+    episodes = [c.trajectory for g in groups for c in g.completions if c.trajectory is not None]
+    if not episodes:
+        return {}
+    total = {key: sum(t.counts.get(key, 0) for t in episodes)
+             for key in ("turns", "tool_calls", "tool_errors", "tool_call_errors", "truncated", "user_errors", "env_errors")}
+    return {"env/turns_mean": total["turns"] / len(episodes), "env/tool_calls_mean": total["tool_calls"] / len(episodes),
+            "env/tool_errors": total["tool_errors"], "env/tool_call_errors": total["tool_call_errors"],
+            "env/truncated": total["truncated"], "env/user_errors": total["user_errors"],
+            "env/env_errors": total["env_errors"]}
 
 
 def breakdown_means(scores, limit: int = 32) -> dict[str, float]:
@@ -80,4 +94,7 @@ def sample_records(step: int, groups: list[Group], advantages: list[list[float]]
                 "reward": c.score.reward if c.score else None, "advantage": round(advantage, 4),
                 "error": c.score.error if c.score else None, "finish_reason": c.finish_reason,
             })
+            if c.trajectory is not None:  # the report shows it as a conversation
+                rows[-1]["messages"] = c.trajectory.messages
+                rows[-1]["turn_rewards"] = c.trajectory.turn_rewards
     return rows

@@ -21,13 +21,18 @@ class Row:
 
     prompt_ids: list[int]
     completion_ids: list[int]
-    advantage: float = 0.0
+    advantage: float | list[float] = 0.0  # one per row, or one per completion token (per-turn credit)
     loss_mask: list[int] = field(default_factory=list)  # per completion token: 1 = trained on; empty = all ones
     old_logp: torch.Tensor | None = None  # [len(completion_ids)] log-probs before this batch's first update (mu > 1)
 
     def __post_init__(self):
         if not self.loss_mask:
             self.loss_mask = [1] * len(self.completion_ids)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the policy-gradient term of this row is not zero."""
+        return any(a != 0.0 for a in self.advantage) if isinstance(self.advantage, list) else self.advantage != 0.0
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class LocalPolicy:
         n_tokens = sum(sum(r.loss_mask) for r in rows)
         counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(spec.max_new_tokens, 1))
         aggregate = partial(AGGREGATIONS[spec.aggregation], counts=counts)
-        active = [r for r in rows if spec.beta > 0 or r.advantage != 0.0]
+        active = [r for r in rows if spec.beta > 0 or r.trains]
         packed = packed_forward_usable(self.module)
         if not packed:
             # Similar lengths side by side waste less compute on padding; sorting is stable, so the
@@ -102,7 +102,7 @@ class LocalPolicy:
                 with torch.no_grad():
                     ref, _ = policy_logprobs(self.module, prompts, completions, spec.temperature, self.pad_id,
                                              logits_fn=self.reference_logits)  # [B, C]
-            advantages = torch.tensor([r.advantage for r in chunk], device=logp.device, dtype=logp.dtype)  # [B]
+            advantages = _advantages(chunk, logp)  # [B] or [B, C]
             old = logp.detach()
             if chunk[0].old_logp is not None:  # completion targets are contiguous per row, so row order = mask order
                 old = old.clone()
@@ -171,3 +171,14 @@ class LocalPolicy:
         """A Hugging Face folder of the module (with LoRA: the adapter, or the merged model)."""
         module = self.module.merge_and_unload() if merge_lora else self.module
         module.save_pretrained(folder)
+
+
+def _advantages(chunk: list[Row], logp: torch.Tensor) -> torch.Tensor:
+    """[B] one advantage per row, or [B, C] when any row carries one per token (per-turn credit)."""
+    if not any(isinstance(r.advantage, list) for r in chunk):
+        return torch.tensor([r.advantage for r in chunk], device=logp.device, dtype=logp.dtype)
+    per_token = [r.advantage if isinstance(r.advantage, list) else [r.advantage] * len(r.completion_ids) for r in chunk]
+    out = torch.zeros_like(logp)
+    for i, values in enumerate(per_token):
+        out[i, : len(values)] = torch.tensor(values, dtype=logp.dtype)
+    return out

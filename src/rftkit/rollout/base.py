@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from rftkit.types import Group, Item
+from rftkit.types import Completion, Group, Item
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class Engine(Protocol):
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
         """n completions for each item, in item order; each carries its tokens' summed sampling
         entropy and the `version` of the weights that sampled it."""
+        ...
+
+    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt of token ids, in order: multi-turn rollouts feed each episode's
+        context exactly as sampled so far (agents/rollout.py), so nothing is re-tokenised."""
         ...
 
     def update_weights(self, state_or_policy, version: int) -> None:

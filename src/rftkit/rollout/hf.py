@@ -106,11 +106,16 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
         prompts = [prompt_ids(self.tokenizer, item.messages) for item in items]
-        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
-        completions: list[Completion] = []
-        for start in range(0, len(rows), self.batch_size):
-            completions += self._generate_rows([p for _, p in rows[start : start + self.batch_size]], sampling)
+        completions = self.generate_from_ids([p for p in prompts for _ in range(n)], sampling)
         return [Group(item=item, prompt_ids=prompts[i], completions=completions[i * n : (i + 1) * n]) for i, item in enumerate(items)]
+
+    @torch.no_grad()
+    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt given as token ids (the next turn of each live episode, agents/rollout.py)."""
+        completions: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            completions += self._generate_rows(prompts[start : start + self.batch_size], sampling)
+        return completions
 
     def _generate_rows(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         device = next(self.model.parameters()).device

@@ -12,7 +12,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-SPLITS = ("test", "val", "train")  # hash bucket 0 -> test, 1 -> val, 2..9 -> train (and build corpus)
+from rftkit.tasks import SPLITS, distinct_problems
+
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,7 @@ def random_problem(rng: random.Random) -> Problem:
 
 def sample_problems(n: int, split: str, seed: int, exclude: set[str] | None = None) -> list[Problem]:
     """`n` distinct problems of one split, reproducible from `seed`."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
-    rng, seen, out = random.Random(seed), set(exclude or ()), []
-    while len(out) < n:
-        p = random_problem(rng)
-        if p.split == split and p.question not in seen:
-            seen.add(p.question)
-            out.append(p)
-    return out
+    return distinct_problems(n, split, seed, random_problem, exclude)
 
 
 def to_item(p: Problem, idx: int, split: str) -> dict:

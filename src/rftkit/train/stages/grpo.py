@@ -27,12 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
+from rftkit.agents import build_environment, run_episodes
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
-                                   overlong_penalty, sequence_kl)
+                                   overlong_penalty, sequence_kl, turn_advantages)
 from rftkit.data.sampler import PromptSampler
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
-from rftkit.metrics import evaluate_groups, rollout_metrics
+from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
 from rftkit.models.batching import pad_right
 from rftkit.policy import LossSpec, Row
 from rftkit.rollout.base import SamplingParams
@@ -74,6 +75,7 @@ class GeneratingStage(Stage):
         self.val_items = load_items(cfg.data.val, grader.needs_reference, cfg.data.skip_bad_lines) if cfg.data.val else []
         self.require_val()
         self.grader = grader
+        self.environment = build_environment(cfg.environment) if cfg.environment else None  # multi-turn episodes
 
     def build(self, policy, tokenizer) -> None:
         super().build(policy, tokenizer)
@@ -84,11 +86,17 @@ class GeneratingStage(Stage):
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
+    def generate(self, items: list, n: int) -> list[Group]:
+        """n completions per item: one answer each, or with an environment n multi-turn episodes (agents/)."""
+        if self.environment is None:
+            return self.engine.generate(items, n, self.sampling)
+        return run_episodes(self.engine, self.tokenizer, self.environment, items, n, self.sampling)
+
     def rollouts(self, n_prompts: int) -> Rollouts:
         """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded."""
         items = [self.items[i] for i in self.sampler.take(n_prompts)]
         t0 = time.perf_counter()
-        groups = self.engine.generate(items, self.cfg.rollout.num_generations, self.sampling)
+        groups = self.generate(items, self.cfg.rollout.num_generations)
         t1 = time.perf_counter()
         scores, grading = self.executor.score(groups)
         graded = [g.scored(s) for g, s in zip(groups, scores)]
@@ -112,7 +120,7 @@ class GeneratingStage(Stage):
         return f"reward {metrics['critic/rewards/mean']:.3f}"
 
     def validate(self) -> dict[str, float]:
-        groups = self.engine.generate(self.val_items, self.cfg.run.eval_samples, self.sampling)
+        groups = self.generate(self.val_items, self.cfg.run.eval_samples)
         scores, _ = self.executor.score(groups)
         graded: list[Group] = [g.scored(s) for g, s in zip(groups, scores)]
         result = evaluate_groups(graded, k=self.cfg.run.eval_samples)
@@ -151,6 +159,8 @@ class GRPOStage(GeneratingStage):
         old = self.policy.logprobs(rows, temperature) if rows and (algo.updates_per_batch > 1 or self.kl_in_reward) else None
         rewards, kl = self.shaped_rewards(batch, rows, old)  # [G, N]
         advantages = ADVANTAGES[algo.advantage](rewards) if batch else rewards  # [G, N]
+        if algo.credit == "turn":  # multi-turn: each turn's tokens get their own advantage
+            advantages = self.turn_credit(batch, rewards)  # [G, N, C]
         trained = self.update_rows(batch, rows, advantages, old)
         updates = [self.policy.update(trained, self.loss_spec) for _ in range(algo.updates_per_batch if batch else 0)]
         self.sync_engine()
@@ -162,7 +172,8 @@ class GRPOStage(GeneratingStage):
                   "perf/time_backward": sum(u["time_backward"] for u in updates),
                   "perf/time_optimizer": sum(u["time_optimizer"] for u in updates),
                   "perf/tokens_per_s": n_tokens / max(every.generate_s, 1e-9)}
-        metrics = {**rollout_metrics(every.groups, every.grading), **self.update_metrics(updates, kl, bool(batch)),
+        metrics = {**rollout_metrics(every.groups, every.grading), **env_metrics(every.groups),
+                   **self.update_metrics(updates, kl, bool(batch)),
                    **timing, **self.variant_metrics(batch, every, rewards)}
         return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
 
@@ -197,7 +208,7 @@ class GRPOStage(GeneratingStage):
         if not groups:
             return torch.zeros(0, n), None
         if algo.overlong_buffer:
-            lengths = torch.tensor([[len(c.token_ids) for c in g.completions] for g in groups])
+            lengths = torch.tensor([[c.model_tokens for c in g.completions] for g in groups])
             rewards = rewards + algo.overlong_penalty * overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, algo.overlong_buffer)
         if rows is None or not self.kl_in_reward:
             return rewards, None
@@ -214,7 +225,7 @@ class GRPOStage(GeneratingStage):
         """The rows the loss sees: graded, non-empty completions with their advantage and, when they were
         computed (mu > 1, KL reward penalty), the sampling-time log-probs the ratio is taken against."""
         flat = [c for g in groups for c in g.completions]
-        values = advantages.flatten().tolist()
+        values = advantages.flatten().tolist() if isinstance(advantages, torch.Tensor) else [a for g in advantages for a in g]
         return [Row(r.prompt_ids, r.completion_ids, values[i], r.loss_mask, old[i] if old is not None else None)
                 for i, (r, c) in enumerate(zip(rows, flat)) if graded(c)]
 
@@ -247,10 +258,39 @@ class GRPOStage(GeneratingStage):
             metrics["critic/shaped_rewards/mean"] = float(torch.nanmean(rewards)) if batch else float("nan")
         return metrics
 
+    def turn_credit(self, groups: list[Group], rewards: torch.Tensor) -> list[list[list[float]]]:
+        """Per group, per trajectory, one advantage per completion token (`credit: turn`).
+
+        A trajectory's turn rewards are its environment's (None = 0) with the shaped final reward
+        added to its last turn; algorithms/grpo.py `turn_advantages` turns them into per-turn
+        advantages, spread over each turn's tokens (observations get 0, and are masked anyway)."""
+        out = []
+        for g, finals in zip(groups, rewards.tolist()):
+            per_turn = []
+            for c, final in zip(g.completions, finals):
+                turns = [0.0 if r is None else r for r in c.trajectory.turn_rewards] if c.trajectory else [0.0]
+                turns = turns or [0.0]
+                turns[-1] += final  # NaN (a failed grading) marks the whole trajectory
+                per_turn.append(torch.tensor(turns, dtype=torch.float32))
+            row = []
+            for c, values in zip(g.completions, turn_advantages(per_turn, self.cfg.algorithm.gamma)):
+                spans = c.trajectory.turn_spans if c.trajectory else [(0, len(c.token_ids))]
+                tokens = [0.0] * len(c.token_ids)
+                for (start, end), value in zip(spans, values.tolist()):
+                    tokens[start:end] = [value] * (end - start)
+                row.append(tokens)
+            out.append(row)
+        return out
+
     @staticmethod
-    def advantages_of(every: list[Group], batch: list[Group], advantages: torch.Tensor) -> list[list[float]]:
-        """Per generated group, its completions' advantages (0 for groups dynamic sampling dropped)."""
-        trained = {id(g): row for g, row in zip(batch, advantages.tolist())}
+    def advantages_of(every: list[Group], batch: list[Group], advantages) -> list[list[float]]:
+        """Per generated group, its completions' advantages (0 for groups dynamic sampling dropped; with
+        per-turn credit, the first turn's)."""
+        if not isinstance(advantages, torch.Tensor):
+            advantages = [[a[0] if a else 0.0 for a in row] for row in advantages]
+        else:
+            advantages = advantages.tolist()
+        trained = {id(g): row for g, row in zip(batch, advantages)}
         return [trained.get(id(g), [0.0] * len(g.completions)) for g in every]
 
 
