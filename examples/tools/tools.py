@@ -20,7 +20,7 @@ def lookup(name: str) -> int:
     """The code filed under a name.
 
     Args:
-        name: the name, for example "vorta"
+        name: the name, for example "lonu"
     """
     if name not in CODES:
         raise KeyError(f"no code is filed under {name!r}")

@@ -68,6 +68,7 @@ class Trajectory:
     turn_rewards: list[float | None]  # the environment's reward for each assistant turn (None: none given)
     counts: dict[str, int] = field(default_factory=dict)  # turns, tool_calls, tool_errors, tool_call_errors, ...
     errors: list[str] = field(default_factory=list)  # failed tool calls and environment errors, in words
+    reward: float | None = None  # the episode's own reward (a black-box agent's return value): replaces the grader's
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Completion:
     entropy: float = float("nan")  # sampling distribution's entropy summed over this completion's tokens
     version: int = 0  # the policy version that sampled it (staleness = learner version - version)
     trajectory: Trajectory | None = None  # a multi-turn episode's messages, turns and counts
+    prompt_ids: list[int] | None = None  # its own prompt, when it differs from its group's (a black-box agent's)
 
     @property
     def answer(self) -> str:

@@ -26,6 +26,16 @@ def test_generated_demo_data_and_packaged_config_are_the_examples(tmp_path):
     assert packaged.read_bytes() == (EXAMPLES / "grpo.yaml").read_bytes(), "assets/demo/grpo.yaml must equal examples/arithmetic/grpo.yaml"
 
 
+def test_generated_tool_task_files_and_packaged_config_are_the_examples(tmp_path):
+    from rftkit.tasks import tools
+
+    tools.write_example_files(tmp_path)
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "tools.py", "env.yaml"):
+        assert (tmp_path / name).read_bytes() == (REPO / "examples" / "tools" / name).read_bytes(), name
+    packaged = REPO / "src" / "rftkit" / "assets" / "demo" / "tools.yaml"
+    assert packaged.read_bytes() == (REPO / "examples" / "tools" / "grpo.yaml").read_bytes()
+
+
 def _run(cmd, **kw):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, **kw)
     assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

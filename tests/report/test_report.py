@@ -485,3 +485,19 @@ def test_offline_runs_get_loss_and_held_out_charts(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     html = write_report(tmp_path).read_text()
     assert "Training loss" in html and "Held-out metrics" in html and "val/logp_margin" in html
+
+
+def test_episodes_are_shown_as_conversations_with_tool_calls(tmp_path):
+    run = make_run_dir(tmp_path)
+    messages = [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c0", "type": "function", "function": {
+            "name": "calculator", "arguments": "{\"expression\": \"4821 * 37\"}"}}]},
+        {"role": "tool", "tool_call_id": "c0", "content": "178377 <script>alert(1)</script>"},
+        {"role": "assistant", "content": "ANSWER: 178377"}]
+    write_jsonl(run / "samples.jsonl", [{"step": 1, "prompt": "What is 4821 * 37?", "completion": "ANSWER: 178377",
+                                         "reward": 1.0, "messages": messages}])
+    html = write_report(run).read_text()
+    section = html[html.index('id="samples"'):]
+    assert section.count('class="turn assistant"') == 2 and section.count('class="turn tool"') == 1
+    assert "&rarr; calculator(" in section and "4821 * 37" in section
+    assert "178377 &lt;script&gt;" in section and "<script>alert" not in section

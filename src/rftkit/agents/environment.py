@@ -9,7 +9,7 @@ observation. A spec is the `environment:` mapping of a run config (or of an ENV.
 `rft env run`); its options are checked when it is built, before any model loads.
 
     environment:
-      type: tools              # tools | user_simulator (agents/user.py)
+      type: tools              # tools | user_simulator (agents/user.py) | agent (agents/agent.py)
       tools: tools.py          # relative to the config file
       max_turns: 4             # assistant turns per episode
       max_length: 512          # tokens after the prompt: model turns plus observations
@@ -84,6 +84,7 @@ class EnvironmentSpec:
 
     limits: Limits
     new: Any  # () -> Environment
+    play: Any = None  # a rollout of its own (engine, tokenizer, items, n, sampling) -> groups (the `agent` type)
 
     @property
     def kind(self) -> str:
@@ -123,9 +124,10 @@ class ToolsEnvironment:
 
 
 def _spec_types() -> dict[str, type[Limits]]:
+    from rftkit.agents.agent import AgentSpec
     from rftkit.agents.user import UserSimulatorSpec
 
-    return {"tools": ToolsSpec, "user_simulator": UserSimulatorSpec}
+    return {"tools": ToolsSpec, "user_simulator": UserSimulatorSpec, "agent": AgentSpec}
 
 
 def build_environment(spec: Any, root: Path | None = None) -> EnvironmentSpec:
@@ -146,7 +148,7 @@ def build_environment(spec: Any, root: Path | None = None) -> EnvironmentSpec:
     return checked.build()
 
 
-PATH_KEYS = ("tools",)
+PATH_KEYS = ("tools", "entry")
 
 
 def resolve_paths(spec: dict[str, Any], root: Path) -> dict[str, Any]:

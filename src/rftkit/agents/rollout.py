@@ -31,7 +31,7 @@ from rftkit.agents.environment import Environment, EnvironmentSpec, Limits, Outc
 from rftkit.agents.toolcall import Turn, parse_turn
 from rftkit.models.chat import conversation_ids, observation_ids
 from rftkit.rollout.base import SamplingParams
-from rftkit.types import Completion, Group, Item, Trajectory
+from rftkit.types import Completion, Group, Item, Score, Trajectory
 
 ENV_COUNTS = ("tool_calls", "tool_errors", "tool_call_errors", "user_errors")
 
@@ -121,6 +121,8 @@ class Episode:
 def run_episodes(engine, tokenizer, env: EnvironmentSpec, items: list[Item], n: int, sampling: SamplingParams,
                  threads: ThreadPoolExecutor | None = None) -> list[Group]:
     """`n` episodes per item, all played together; one Group per item, trajectories as Completions."""
+    if env.play is not None:  # an environment that drives its own episodes (a black-box agent)
+        return env.play(engine, tokenizer, items, n, sampling)
     limits = env.limits
     own = threads is None
     threads = threads or ThreadPoolExecutor(max_workers=16, thread_name_prefix="rftkit-env")
@@ -185,3 +187,9 @@ def _outcome(e: Episode, future, timeout_s: float) -> Outcome | None:
         e.counts["env_errors"] += 1
         e.finish = "env_error"
     return None
+
+
+def with_episode_rewards(groups: list[Group], scores: list[list[Score]]) -> list[list[Score]]:
+    """The grader's scores, except where an episode brought its own reward (a black-box agent's return value)."""
+    return [[Score(reward=c.trajectory.reward) if c.trajectory is not None and c.trajectory.reward is not None else s
+             for c, s in zip(g.completions, row)] for g, row in zip(groups, scores)]

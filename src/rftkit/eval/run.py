@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rftkit.agents import EnvironmentSpec, run_episodes
+from rftkit.agents import EnvironmentSpec, run_episodes, with_episode_rewards
 from rftkit.data import load_items
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import ThreadGraderExecutor
@@ -48,7 +48,7 @@ def sample_and_grade(
         scores, _ = executor.score(groups)
     finally:
         executor.close()
-    return [g.scored(s) for g, s in zip(groups, scores)]
+    return [g.scored(s) for g, s in zip(groups, with_episode_rewards(groups, scores))]
 
 
 def write_json(result: dict, out: str | Path | None) -> None:

@@ -64,11 +64,13 @@ def env_metrics(groups: list[Group]) -> dict[str, float]:
     if not episodes:
         return {}
     total = {key: sum(t.counts.get(key, 0) for t in episodes)
-             for key in ("turns", "tool_calls", "tool_errors", "tool_call_errors", "truncated", "user_errors", "env_errors")}
+             for key in ("turns", "tool_calls", "tool_errors", "tool_call_errors", "truncated", "user_errors", "env_errors",
+                         "agent_errors", "agent_resets")}
     return {"env/turns_mean": total["turns"] / len(episodes), "env/tool_calls_mean": total["tool_calls"] / len(episodes),
             "env/tool_errors": total["tool_errors"], "env/tool_call_errors": total["tool_call_errors"],
             "env/truncated": total["truncated"], "env/user_errors": total["user_errors"],
-            "env/env_errors": total["env_errors"]}
+            "env/env_errors": total["env_errors"], "env/agent_errors": total["agent_errors"],
+            "env/agent_resets": total["agent_resets"]}
 
 
 def breakdown_means(scores, limit: int = 32) -> dict[str, float]:

@@ -409,6 +409,23 @@ def _clip(text) -> str:
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + f"… [{len(text) - TEXT_LIMIT} more characters]"
 
 
+def conversation(messages: list) -> str:
+    """A multi-turn episode as its messages: each turn with its role, tool calls and tool results visible."""
+    out = []
+    for m in messages if isinstance(messages, list) else []:
+        if not isinstance(m, dict):
+            continue
+        role = str(m.get("role", "?"))
+        text = m.get("content") or ""
+        calls = "".join(
+            f'<div class="call">&rarr; {escape(str((c.get("function") or {}).get("name")))}'
+            f'({escape(_clip(str((c.get("function") or {}).get("arguments"))))})</div>'
+            for c in m.get("tool_calls") or [] if isinstance(c, dict))
+        out.append(f'<div class="turn {escape(role)}"><span class="role">{escape(role)}</span>'
+                   f"<pre>{escape(_clip(text))}</pre>{calls}</div>")
+    return f'<div class="conversation">{"".join(out)}</div>'
+
+
 def sample_table(title: str, rows: list[dict]) -> str:
     if not rows:
         return f'<h3>{escape(title)}</h3><p class="muted">No samples.</p>'
@@ -422,11 +439,17 @@ def sample_table(title: str, rows: list[dict]) -> str:
         body.append(
             f"<tr><td>{escape(str(r.get('step')))}</td><td><pre>{escape(_clip(r.get('prompt', '')))}</pre></td>"
             f"<td><pre>{escape(_clip(r.get('reference_answer', '')))}</pre></td>"
-            f"<td><pre>{escape(_clip(r.get('completion', '')))}</pre></td><td class=\"num\">{score}</td></tr>")
+            f"<td>{completion_cell(r)}</td><td class=\"num\">{score}</td></tr>")
     return (f'<h3>{escape(title)}</h3><table class="samples">'
             '<colgroup><col style="width:5em"><col style="width:28%"><col style="width:12%"><col><col style="width:7em">'
             '</colgroup><thead><tr><th>step</th><th>prompt</th>'
             f'<th>reference</th><th>completion</th><th>reward</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def completion_cell(row: dict) -> str:
+    if isinstance(row.get("messages"), list):  # a multi-turn episode (docs/AGENTS.md)
+        return conversation(row["messages"])
+    return f"<pre>{escape(_clip(row.get('completion', '')))}</pre>"
 
 
 def samples_section(samples: list[dict]) -> str:
@@ -544,6 +567,11 @@ pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-height: 14em
   font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre.config { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: 10px; max-height: none; }
 .error { color: #b91c1c; font-size: 12px; white-space: normal; }
+.conversation .turn { border-left: 3px solid var(--line); padding: 2px 8px; margin: 4px 0; }
+.conversation .turn.assistant { border-color: #60a5fa; } .conversation .turn.tool { border-color: #f59e0b; }
+.conversation .turn.user { border-color: #a3a3a3; }
+.conversation .role { font-size: 11px; text-transform: uppercase; color: var(--muted); }
+.conversation .call { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; color: #1d4ed8; }
 details { margin-top: 12px; } summary { cursor: pointer; color: #334155; }
 .card.headline { border-color: #93c5fd; background: #eff6ff; min-width: 240px; }
 .card.headline .label { text-transform: none; letter-spacing: 0; }

@@ -3,9 +3,9 @@
 Four kinds of problem, 1-3 tool calls each:
 
 - product:      "What is 4821 * 37?"                        calculator
-- lookup:       "What is the code of vorta?"                 lookup
-- scaled:       "What is the code of vorta times 37?"        lookup, calculator
-- sum of codes: "What is the code of vorta plus the code of kimu?"   lookup, lookup, calculator
+- lookup:       "What is the code of lonu?"                  lookup
+- scaled:       "What is the code of lonu times 37?"         lookup, calculator
+- sum of codes: "What is the code of lonu plus the code of hehe?"   lookup, lookup, calculator
 
 Codes are 4-digit numbers filed under made-up names (`CODES`, written into the tools file), so
 no model can know them without the tool. The worked solution is a list of assistant turns:
@@ -40,8 +40,8 @@ CODES = {name: 1000 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 9000 
 KINDS = ("product", "lookup", "scaled", "sum")
 
 
-def call(name: str, **arguments) -> str:
-    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+def call(tool: str, **arguments) -> str:
+    return f"<tool_call>{json.dumps({'name': tool, 'arguments': arguments})}</tool_call>"
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def lookup(name: str) -> int:
     """The code filed under a name.
 
     Args:
-        name: the name, for example "vorta"
+        name: the name, for example "lonu"
     """
     if name not in CODES:
         raise KeyError(f"no code is filed under {{name!r}}")

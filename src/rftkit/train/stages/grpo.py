@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rftkit.agents import build_environment, run_episodes
+from rftkit.agents import build_environment, run_episodes, with_episode_rewards
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
                                    overlong_penalty, sequence_kl, turn_advantages)
 from rftkit.data.sampler import PromptSampler
@@ -99,7 +99,7 @@ class GeneratingStage(Stage):
         groups = self.generate(items, self.cfg.rollout.num_generations)
         t1 = time.perf_counter()
         scores, grading = self.executor.score(groups)
-        graded = [g.scored(s) for g, s in zip(groups, scores)]
+        graded = [g.scored(s) for g, s in zip(groups, with_episode_rewards(groups, scores))]
         return Rollouts(graded, grading, t1 - t0, time.perf_counter() - t1)
 
     def sync_engine(self) -> None:
@@ -155,7 +155,7 @@ class GRPOStage(GeneratingStage):
         t0 = time.perf_counter()
         batch, every = self.collect()  # stages 1 and 2: rollout, grade (dynamic sampling refills)
         t_update = time.perf_counter()
-        rows = [Row(g.prompt_ids, c.token_ids, loss_mask=c.mask()) for g in batch for c in g.completions]
+        rows = [Row(c.prompt_ids or g.prompt_ids, c.token_ids, loss_mask=c.mask()) for g in batch for c in g.completions]
         old = self.policy.logprobs(rows, temperature) if rows and (algo.updates_per_batch > 1 or self.kl_in_reward) else None
         rewards, kl = self.shaped_rewards(batch, rows, old)  # [G, N]
         advantages = ADVANTAGES[algo.advantage](rewards) if batch else rewards  # [G, N]

@@ -33,7 +33,7 @@ def kept_completions(groups: list[Group], threshold: float, max_per_prompt: int)
             if reward is None or reward < threshold or c.finish_reason != "stop" or c.text in seen:
                 continue
             seen.add(c.text)
-            kept.append((g.prompt_ids, c.token_ids))
+            kept.append((c.prompt_ids or g.prompt_ids, c.token_ids))
             if len(seen) == max_per_prompt:
                 break
     return kept
