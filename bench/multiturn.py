@@ -1,12 +1,13 @@
 """Multi-turn rollouts: episodes per second, every live episode batched vs one episode at a time.
 
-    python bench/multiturn.py [--episodes 32] [--repeats 3] [--json]
+    python bench/multiturn.py [--episodes 32] [--group 1] [--repeats 3] [--json]
 
 The bundled tool model on the bundled tool task (examples/tools: calculator and lookup,
 1-3 tool calls per problem, tools run in the sandbox), temperature 1. "batched" is
 `run_episodes` on all episodes at once (each round one generate call for every live
 episode, their tool calls concurrent); "one at a time" is the same function called once
-per episode. Both draw the same problems; the order alternates between repeats so neither
+per episode. `--group 8` plays 4 problems x 8 episodes, the shape of a GRPO step (the
+episodes of a problem share their first prompt's prefill). Both draw the same problems; the order alternates between repeats so neither
 always runs warm. Reported: episodes per second of each (median over repeats), their ratio,
 turns and tool calls per episode.
 """
@@ -35,21 +36,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--group", type=int, default=1, help="episodes per problem (GRPO's num_generations); "
+                        "1: every episode a different problem")
     parser.add_argument("--model", default="bundled:tiny-tools")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     env = build_environment({"type": "tools", "tools": str(TASK / "tools.py"), "max_turns": 5, "max_length": 256})
-    items = load_items(TASK / "test.jsonl")[: args.episodes]
+    items = load_items(TASK / "test.jsonl")[: args.episodes // args.group]
     tokenizer = load_tokenizer(args.model)
     engine = HFEngine(load_model(args.model), tokenizer)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=48)
 
     def batched():
-        return run_episodes(engine, tokenizer, env, items, 1, sampling)
+        return run_episodes(engine, tokenizer, env, items, args.group, sampling)
 
     def one_at_a_time():
-        return [g for item in items for g in run_episodes(engine, tokenizer, env, [item], 1, sampling)]
+        return [g for item in items for _ in range(args.group) for g in run_episodes(engine, tokenizer, env, [item], 1, sampling)]
 
     run_episodes(engine, tokenizer, env, items[:4], 1, sampling)  # warm the sandbox pool and the kernels
     times = {"batched": [], "one_at_a_time": []}
@@ -66,7 +69,7 @@ def main() -> None:
             turns[name].append(statistics.fmean(t.counts["turns"] for t in episodes))
             calls[name].append(statistics.fmean(t.counts["tool_calls"] for t in episodes))
     per_s = {name: args.episodes / statistics.median(ts) for name, ts in times.items()}
-    report = {"episodes": args.episodes, "repeats": args.repeats, "model": args.model,
+    report = {"episodes": args.episodes, "group": args.group, "repeats": args.repeats, "model": args.model,
               "episodes_per_s": {k: round(v, 2) for k, v in per_s.items()},
               "speedup": round(per_s["batched"] / per_s["one_at_a_time"], 2),
               "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},

@@ -77,3 +77,23 @@ def test_config_needs_exactly_one_source():
         build_environment({"type": "user_simulator", "script_field": "t", "base_url": "http://x", "model": "m"})
     with pytest.raises(ConfigError, match="`model` is required"):
         build_environment({"type": "user_simulator", "base_url": "http://x"})
+
+
+def test_a_local_model_plays_the_user(tmp_path):
+    """`model_path`: a local Hugging Face folder writes the user's turns (here the bundled model, so the replies
+    are arithmetic: what matters is that they are its samples, inserted as user turns)."""
+    from rftkit.agents import run_episodes
+    from rftkit.models import load_tokenizer
+    from rftkit.rollout.base import SamplingParams
+    from tests.agents.conftest import ScriptedEngine
+
+    env = build_environment({"type": "user_simulator", "model_path": "bundled:tiny-arith", "max_turns": 3,
+                             "max_new_tokens": 24})
+    tokenizer = load_tokenizer("bundled:tiny-arith")
+    item = Item(id="u", messages=[{"role": "user", "content": "What is 12 + 5 - 3?"}])
+    [group] = run_episodes(ScriptedEngine(tokenizer, lambda ids: "12 + 5 = 17. 17 - 3 = 14. ANSWER: 14"), tokenizer,
+                           env, [item], 2, SamplingParams(max_new_tokens=40))
+    for c in group.completions:
+        users = [m for m in c.trajectory.messages if m["role"] == "user"]
+        assert users and all(m["content"].strip() for m in users), c.trajectory.messages
+        assert c.finish_reason in ("max_turns", "stop") and c.trajectory.counts.get("user_errors", 0) == 0

@@ -10,6 +10,8 @@
       persona_field: persona          # the item's description of the user and their goal
       stop_phrases: ["[DONE]"]        # a user reply containing one ends the episode
       max_turns: 4
+      # or a local Hugging Face folder (or bundled:NAME), sampled on this machine:
+      model_path: path/to/user-model
 
 After each assistant turn the next user reply is inserted. The episode ends when the script
 runs out, the simulated user's reply holds a stop phrase, or `max_turns` is reached. The
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 from typing import Any, Literal
@@ -31,6 +34,7 @@ from pydantic import Field, model_validator
 
 from rftkit.agents.environment import EnvironmentSpec, Limits, Outcome
 from rftkit.agents.toolcall import Turn
+from rftkit.rollout.base import SamplingParams
 from rftkit.types import Item
 
 SYSTEM_PROMPT = ("You are playing a user talking to an assistant. Stay in character; reply with the user's next "
@@ -43,6 +47,8 @@ class UserSimulatorSpec(Limits):
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the simulating model")
     model: str | None = Field(None, description="model name sent to the endpoint")
     api_key_env: str | None = Field(None, description="environment variable holding the endpoint's key")
+    model_path: str | None = Field(None, description="a local Hugging Face folder (or bundled:NAME) playing the user")
+    max_new_tokens: int = Field(64, gt=0, description="tokens of one simulated user reply (model_path)")
     persona_field: str = Field("persona", description="item field describing the user and their goal")
     system_prompt: str = Field(SYSTEM_PROMPT, description="instructions to the simulating model")
     stop_phrases: list[str] = Field(["[DONE]"], description="a user reply containing one ends the episode")
@@ -51,19 +57,38 @@ class UserSimulatorSpec(Limits):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.script_field is None) == (self.base_url is None):
-            raise ValueError("give exactly one of `script_field` (scripted turns) and `base_url` (a simulating model)")
+        if sum(x is not None for x in (self.script_field, self.base_url, self.model_path)) != 1:
+            raise ValueError("give exactly one of `script_field` (scripted turns), `base_url` (a simulating model behind "
+                             "an endpoint) and `model_path` (a local one)")
         if self.base_url and not self.model:
             raise ValueError("`model` is required with `base_url`")
         return self
 
     def build(self) -> EnvironmentSpec:
-        return EnvironmentSpec(self, lambda: UserSimulator(self))
+        local = LocalUser(self.model_path, self.temperature, self.max_new_tokens) if self.model_path else None
+        return EnvironmentSpec(self, lambda: UserSimulator(self, local))
+
+
+class LocalUser:
+    """A local model playing the user; one reply at a time (episodes step in threads, the model is shared)."""
+
+    def __init__(self, path: str, temperature: float, max_new_tokens: int):
+        from rftkit.models import load_model, load_tokenizer
+        from rftkit.rollout.hf import HFEngine
+
+        self.engine = HFEngine(load_model(path), load_tokenizer(path))
+        self.sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+        self.lock = threading.Lock()
+
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        with self.lock:
+            [group] = self.engine.generate([Item(id="user", messages=messages)], 1, self.sampling)
+        return group.completions[0].text
 
 
 class UserSimulator:
-    def __init__(self, spec: UserSimulatorSpec):
-        self.spec = spec
+    def __init__(self, spec: UserSimulatorSpec, local: LocalUser | None = None):
+        self.spec, self.local = spec, local
         self.item: Item | None = None
         self.history: list[dict[str, Any]] = []
         self.replies = 0
@@ -106,6 +131,9 @@ class UserSimulator:
         messages = [{"role": "system", "content": system}]
         messages += [{"role": swapped[m["role"]], "content": m.get("content") or ""} for m in self.history
                      if m.get("role") in swapped]
+        if self.local is not None:
+            text = self.local.reply(messages)
+            return (text.strip(), None) if text.strip() else (None, "the local user model replied with nothing")
         body = json.dumps({"model": self.spec.model, "messages": messages, "temperature": self.spec.temperature,
                            "max_tokens": 256}).encode()
         headers = {"Content-Type": "application/json"}
