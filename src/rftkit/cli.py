@@ -199,10 +199,10 @@ def env_validate(env_file: EnvArg) -> None:
     from rftkit.agents import envfile
 
     env, grader = envfile.load_env_file(env_file)
-    out.print(f"ok: {env_file}", highlight=False, markup=False)
-    out.print("\n".join(envfile.describe(env)), highlight=False, markup=False)
+    out.print(f"ok: {env_file}", highlight=False, markup=False, soft_wrap=True)
+    out.print("\n".join(envfile.describe(env)), highlight=False, markup=False, soft_wrap=True)
     if grader is not None:
-        out.print(f"grader: {getattr(grader, 'name', type(grader).__name__)}", highlight=False, markup=False)
+        out.print(f"grader: {getattr(grader, 'name', type(grader).__name__)}", highlight=False, markup=False, soft_wrap=True)
 
 
 @eval_app.command("run")

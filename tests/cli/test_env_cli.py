@@ -104,3 +104,18 @@ def test_train_rejects_a_bad_environment_before_loading_a_model(tmp_path):
                                       "run": {"dir": str(tmp_path / "run"), "eval_interval": 0}}))
     result = run_cli("train", str(config))
     assert result.returncode == 2 and "tools.py, line 1: syntax error" in result.stderr, result.stderr
+
+
+def test_the_user_simulator_example_plays_and_the_endpoint_one_validates():
+    from tests.conftest import REPO
+
+    folder = REPO / "examples" / "user_simulator"
+    result = run_cli("env", "run", str(folder / "env.yaml"), "--item", str(folder / "item.json"), "--assistant",
+                     str(folder / "turns.json"), "--json")
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert [m["role"] for m in got["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert got["messages"][2]["content"] == "Now add 13 to that. What is it?"
+    assert got["reward"] == 1.0 and got["finish_reason"] == "stop"
+    checked = run_cli("env", "validate", str(folder / "env_endpoint.yaml"))
+    assert checked.returncode == 0 and "base_url: http://localhost:8000/v1" in checked.stdout, checked.stderr

@@ -74,7 +74,7 @@ def run(path: Path, item: Item, turns: list[str]) -> dict[str, Any]:
 
 def describe(env: EnvironmentSpec) -> list[str]:
     limits = env.limits.model_dump()
-    lines = [f"type: {env.kind}"] + [f"  {k}: {v}" for k, v in limits.items() if k != "type"]
+    lines = [f"type: {env.kind}"] + [f"  {k}: {v}" for k, v in limits.items() if k != "type" and v is not None]
     world = env.new()
     tools = world.tools(Item(id="-", messages=[]))
     if tools:
