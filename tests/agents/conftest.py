@@ -84,7 +84,7 @@ class ScriptedEngine:
         self.tokenizer, self.script, self.version = tokenizer, script, version
         self.batches: list[int] = []
 
-    def generate_from_ids(self, prompts, sampling):
+    def generate_from_ids(self, prompts, sampling, reuse=False):
         self.batches.append(len(prompts))
         out = []
         for ids in prompts:

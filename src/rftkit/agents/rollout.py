@@ -158,7 +158,7 @@ def _play(engine, tokenizer, episodes: list[Episode], limits, sampling: Sampling
     while live:
         rooms = [limits.max_length - len(e.ids) for e in live]
         budget = dataclasses.replace(sampling, max_new_tokens=max(1, min(sampling.max_new_tokens, max(rooms))))
-        turns = engine.generate_from_ids([e.context for e in live], budget)
+        turns = engine.generate_from_ids([e.context for e in live], budget, reuse=True)
         stepping = []
         for e, c, room in zip(live, turns, rooms):
             e.add_turn(c, room)

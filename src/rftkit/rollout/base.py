@@ -26,9 +26,11 @@ class Engine(Protocol):
         entropy and the `version` of the weights that sampled it."""
         ...
 
-    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False) -> list[Completion]:
         """One completion per prompt of token ids, in order: multi-turn rollouts feed each episode's
-        context exactly as sampled so far (agents/rollout.py), so nothing is re-tokenised."""
+        context exactly as sampled so far (agents/rollout.py), so nothing is re-tokenised. `reuse`:
+        a prompt extending an earlier call's prompt + completion may start from that call's keys and
+        values (an engine may ignore it)."""
         ...
 
     def update_weights(self, state_or_policy, version: int) -> None:

@@ -146,7 +146,7 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary, c
 
 @torch.no_grad()
 def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_tokens: int, warper, stop_ids: list[int],
-                  pad_id: int, do_sample: bool = True) -> torch.Tensor:
+                  pad_id: int, do_sample: bool = True, keep: list | None = None) -> torch.Tensor:
     """Generated ids [B, <= max_new_tokens] after the prompts, pad after a row's stop token.
 
     input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
@@ -159,6 +159,10 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
     their share of the KV cache reads stop. The random numbers stay those of the full batch,
     drawn as torch.multinomial draws them (one Exp(1) per row and vocabulary entry, argmax of
     p / q), so the tokens are still those of generate() with the same seed.
+
+    `keep` (a list, C kernel only): filled with each row's keys and values after the loop,
+    `[(K, V) per layer]` of its prompt and every token it fed ([Hkv, n, D] each), so the next
+    turn of a multi-turn episode need not prefill them again (rollout/turncache.py).
     """
     inner, head = decoder_parts(model)
     batch, width = input_ids.shape
@@ -195,7 +199,28 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
             break
         token, positions = nxt[:, None], positions + 1
         if stopped >= (1 if cache.native else max(len(rows) // COMPACT_FRACTION, 1)):  # copying the cache once beats carrying them
-            keep = (~done).nonzero().squeeze(1)
-            rows, done, positions, token = rows[keep], done[keep], positions[keep], token[keep]
-            cache.select(keep)
+            alive = (~done).nonzero().squeeze(1)
+            rows, done, positions, token = rows[alive], done[alive], positions[alive], token[alive]
+            cache.select(alive)
+    if keep is not None and cache.native:
+        keep.extend(row_kv(cache, group, prefix_mask, generated[:, : step + 1], stops))
     return generated[:, : step + 1]
+
+
+def row_kv(cache: SplitCache, group: torch.Tensor, prefix_mask: torch.Tensor, generated: torch.Tensor,
+           stops: torch.Tensor) -> list:
+    """Per batch row, [(K, V) per layer] of its prompt and the tokens it fed, [Hkv, n, D] each (C kernel layout:
+    row r's own keys stay at index r). A row fed the last prompt token, then each generated token until its
+    stop token, which is never fed: the keys cover the prompt and the generated ids before the stop."""
+    hit = torch.isin(generated, stops)  # [B, N]
+    fed = torch.where(hit.any(-1), hit.int().argmax(-1) + 1, torch.full_like(hit[:, 0], generated.shape[1], dtype=torch.long))
+    real = prefix_mask.bool()  # [U, P-1]
+    out = []
+    for r in range(generated.shape[0]):
+        u, n = int(group[r]), int(fed[r])
+        layers = []
+        for pk, pv, own_k, own_v in zip(cache.prefix_keys, cache.prefix_values, cache.keys, cache.values):
+            layers.append((torch.cat([pk[u][:, real[u]], own_k[r, :, :n]], dim=1),
+                           torch.cat([pv[u][:, real[u]], own_v[r, :, :n]], dim=1)))
+        out.append(layers)
+    return out

@@ -19,7 +19,9 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from rftkit.models import prompt_ids, stop_token_ids
 from rftkit.models.layout import supports
 from rftkit.rollout.base import SamplingParams
+from rftkit import native
 from rftkit.rollout.decode import sample_tokens
+from rftkit.rollout.turncache import TurnCache
 from rftkit.types import Completion, Group, Item
 
 
@@ -88,6 +90,7 @@ class HFEngine:
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id
         self.version = 0  # of the weights sampling now (update_weights)
+        self.turns = TurnCache()  # multi-turn episodes' keys and values between turns (generate_from_ids(reuse=True))
         # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name warns); 5.0 knows only the old one
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's forward takes **kwargs
         self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -102,6 +105,7 @@ class HFEngine:
         elif module is not self.model:  # the module's weights only (Policy.state_dict() would copy the optimizer too)
             self.model.load_state_dict(module.state_dict(), strict=False)
         self.version = version
+        self.turns.clear()  # kept keys and values belong to the old weights
 
     @torch.no_grad()
     def generate(self, items: list[Item], n: int, sampling: SamplingParams) -> list[Group]:
@@ -110,14 +114,17 @@ class HFEngine:
         return [Group(item=item, prompt_ids=prompts[i], completions=completions[i * n : (i + 1) * n]) for i, item in enumerate(items)]
 
     @torch.no_grad()
-    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        """One completion per prompt given as token ids (the next turn of each live episode, agents/rollout.py)."""
+    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False) -> list[Completion]:
+        """One completion per prompt given as token ids (the next turn of each live episode, agents/rollout.py).
+
+        `reuse`: prompts that extend an earlier call's prompt + completion start from the keys and
+        values kept from that call (rollout/turncache.py; C kernel only), so only the new ids are prefilled."""
         completions: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
-            completions += self._generate_rows(prompts[start : start + self.batch_size], sampling)
+            completions += self._generate_rows(prompts[start : start + self.batch_size], sampling, reuse)
         return completions
 
-    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False) -> list[Completion]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)  # [B, P]
@@ -128,11 +135,18 @@ class HFEngine:
         warper = SamplingWarper(self.stop_ids, sampling if sample else SamplingParams(1.0))
         warper.new_batch(len(prompts))
         if self.lean and width > 1:
-            cache, group = self._distinct_prefill(prompts, input_ids, attention)
+            keep = [] if reuse and self._kernel_path() else None
+            hits = [self.turns.find(p) for p in prompts] if keep is not None else []
+            if any(hits):  # later turns: only the ids after what was kept are prefilled
+                input_ids, attention, cache, group = self.turns.prefix(self.model, prompts, hits, self._cache_kw, self.pad_id)
+            else:
+                cache, group = self._distinct_prefill(prompts, input_ids, attention)
             new = sample_tokens(self.model, input_ids, attention, cache, group, sampling.max_new_tokens, warper,
-                                self.stop_ids, self.pad_id, do_sample=sample)
+                                self.stop_ids, self.pad_id, do_sample=sample, keep=keep).tolist()
+            if keep:
+                self.turns.store(prompts, new, keep)
             self.model.train(was_training)
-            return self._completions(new.tolist(), None, warper.row_entropy.tolist())
+            return self._completions(new, None, warper.row_entropy.tolist())
         cache = self._shared_prefill(prompts, input_ids, attention)
         out = self.model.generate(
             input_ids=input_ids,
@@ -161,6 +175,11 @@ class HFEngine:
             logits = torch.stack(out.logits, dim=1).float() / temp  # [B, N, V]
             step_logprobs = torch.log_softmax(logits, -1).gather(-1, out.sequences[:, width:, None]).squeeze(-1).tolist()
         return self._completions(new, step_logprobs, warper.row_entropy.tolist())
+
+    def _kernel_path(self) -> bool:
+        """Whether the decode loop runs the C kernel (the layout TurnCache reads): CPU, float32, kernel built."""
+        first = next(self.model.parameters())
+        return first.device.type == "cpu" and first.dtype == torch.float32 and native.available()
 
     def _completions(self, new: list[list[int]], step_logprobs: list[list[float]] | None,
                      entropy: list[float]) -> list[Completion]:
