@@ -58,3 +58,19 @@ def test_update_weights_forgets_the_kept_keys(setup):
     assert engine.turns.entries
     engine.update_weights(engine.model.state_dict(), 1)
     assert not engine.turns.entries
+
+
+def test_only_continued_rows_are_copied_and_ended_episodes_are_forgotten(setup):
+    tokenizer, _, _ = setup
+    engine = HFEngine(load_model("bundled:tiny-tools"), tokenizer)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    a = [tokenizer.eos_token_id] + tokenizer("What is 1 * 2?", add_special_tokens=False).input_ids
+    b = [tokenizer.eos_token_id] + tokenizer("Look up the capital.", add_special_tokens=False).input_ids
+    first = engine.generate_from_ids([a, b], greedy, reuse=True)
+    assert len(engine.turns.entries) == 2
+    continued = a + first[0].token_ids + a[1:3]  # row a goes on, b's episode has ended
+    assert engine.turns.find(continued) > len(a)  # its turn's keys are there to start from
+    fresh = HFEngine(load_model("bundled:tiny-tools"), tokenizer).generate_from_ids([continued], greedy)
+    again = engine.generate_from_ids([continued], greedy, reuse=True)
+    assert again[0].token_ids == fresh[0].token_ids  # prefilled from a's kept keys: the same turn
+    assert len(engine.turns.entries) == 1  # b's entry (which held the first call's whole cache) is gone

@@ -30,6 +30,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from rftkit import native
 from rftkit.models.layout import decoder_parts
+from rftkit.rollout.turncache import KeptRow
 
 COMPACT_FRACTION = 8  # finished rows leave the batch once they are at least 1/8 of it
 
@@ -209,18 +210,11 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
 
 def row_kv(cache: SplitCache, group: torch.Tensor, prefix_mask: torch.Tensor, generated: torch.Tensor,
            stops: torch.Tensor) -> list:
-    """Per batch row, [(K, V) per layer] of its prompt and the tokens it fed, [Hkv, n, D] each (C kernel layout:
-    row r's own keys stay at index r). A row fed the last prompt token, then each generated token until its
-    stop token, which is never fed: the keys cover the prompt and the generated ids before the stop."""
+    """Per batch row, a `turncache.KeptRow`: where its prompt's keys and the keys of the tokens it fed are (C kernel
+    layout: row r's own keys stay at index r). A row fed the last prompt token, then each generated token until
+    its stop token, which is never fed: the keys cover the prompt and the generated ids before the stop.
+    Nothing is copied here; the next turn copies the rows it continues."""
     hit = torch.isin(generated, stops)  # [B, N]
     fed = torch.where(hit.any(-1), hit.int().argmax(-1) + 1, torch.full_like(hit[:, 0], generated.shape[1], dtype=torch.long))
-    real = prefix_mask.bool()  # [U, P-1]
-    out = []
-    for r in range(generated.shape[0]):
-        u, n = int(group[r]), int(fed[r])
-        layers = []
-        for pk, pv, own_k, own_v in zip(cache.prefix_keys, cache.prefix_values, cache.keys, cache.values):
-            layers.append((torch.cat([pk[u][:, real[u]], own_k[r, :, :n]], dim=1),
-                           torch.cat([pv[u][:, real[u]], own_v[r, :, :n]], dim=1)))
-        out.append(layers)
-    return out
+    real = [m.bool().nonzero().squeeze(1) for m in prefix_mask]  # [U] positions of each prompt's real keys
+    return [KeptRow(cache, int(u), r, real[int(u)], int(n)) for r, (u, n) in enumerate(zip(group.tolist(), fed.tolist()))]

@@ -120,6 +120,8 @@ class HFEngine:
         `reuse`: prompts that extend an earlier call's prompt + completion start from the keys and
         values kept from that call (rollout/turncache.py; C kernel only), so only the new ids are prefilled."""
         completions: list[Completion] = []
+        if reuse:
+            self.turns.keep_only(prompts)  # what earlier turns kept for episodes that have ended
         for start in range(0, len(prompts), self.batch_size):
             completions += self._generate_rows(prompts[start : start + self.batch_size], sampling, reuse)
         return completions

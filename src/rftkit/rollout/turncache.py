@@ -3,7 +3,9 @@
 A multi-turn rollout (agents/rollout.py) asks for the next turn of every live episode with
 contexts that extend the previous turn's context by the turn itself and the environment's
 observation. `TurnCache.store` keeps, per row, the keys and values the decode loop computed
-(rollout/decode.py `row_kv`: the prompt and every fed token), keyed by the ids they cover;
+(rollout/decode.py `row_kv`: the prompt and every fed token), keyed by the ids they cover.
+They stay where the decode loop wrote them (`KeptRow`, a view) and are copied out only for a
+row whose episode goes on; `keep_only` drops those of episodes that ended.
 `prefix` builds the next batch's prefill from them: each row's stored keys (right-aligned,
 left-padded) as the past, and one forward over the last `N` ids of every row, `N` the most
 new ids any row has (rows with fewer recompute a few old ones, so the block is aligned).
@@ -20,22 +22,52 @@ import torch
 from transformers import DynamicCache
 
 
+class KeptRow:
+    """One batch row's keys and values, left in the decode loop's cache: its prompt's (`prefix` at
+    positions `real`) then its own first `fed`, per layer."""
+
+    __slots__ = ("cache", "u", "r", "real", "fed")
+
+    def __init__(self, cache, u: int, r: int, real: torch.Tensor, fed: int) -> None:
+        self.cache, self.u, self.r, self.real, self.fed = cache, u, r, real, fed
+
+    @property
+    def length(self) -> int:
+        return int(self.real.numel()) + self.fed
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(K, V) per layer], [Hkv, length, D] each (copies)."""
+        c, u, r, n = self.cache, self.u, self.r, self.fed
+        return [(torch.cat([pk[u][:, self.real], k[r, :, :n]], dim=1), torch.cat([pv[u][:, self.real], v[r, :, :n]], dim=1))
+                for pk, pv, k, v in zip(c.prefix_keys, c.prefix_values, c.keys, c.values)]
+
+
 class TurnCache:
     def __init__(self) -> None:
-        self.entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.entries: dict[tuple[int, ...], KeptRow] = {}
         self.lengths: set[int] = set()
 
     def clear(self) -> None:
         self.entries.clear()
         self.lengths.clear()
 
-    def store(self, prompts: list[list[int]], generated: list[list[int]], kv: list) -> None:
-        for prompt, ids, layers in zip(prompts, generated, kv):
-            n = layers[0][0].shape[1]  # tokens covered: the prompt and the fed generated ids
+    def store(self, prompts: list[list[int]], generated: list[list[int]], kept: list[KeptRow]) -> None:
+        for prompt, ids, row in zip(prompts, generated, kept):
+            n = row.length  # tokens covered: the prompt and the fed generated ids
             covered = tuple((prompt + ids)[:n])
             if len(covered) == n:
-                self.entries[covered] = layers
+                self.entries[covered] = row
                 self.lengths.add(n)
+
+    def keep_only(self, prompts: list[list[int]]) -> None:
+        """Forget what none of `prompts` extends (episodes that ended): their rows hold a whole batch's cache."""
+        wanted = set()
+        for p in prompts:
+            if n := self.find(p):
+                wanted.add(tuple(p[:n]))
+        for key in [k for k in self.entries if k not in wanted]:
+            del self.entries[key]
+        self.lengths = {len(k) for k in self.entries}
 
     def find(self, context: list[int]) -> int:
         """How many leading ids of `context` (all but its last) have stored keys; 0 if none."""
@@ -52,8 +84,9 @@ class TurnCache:
         past_len = [max(len(c) - block, 0) for c in contexts]
         width = max(past_len)
         keys = {r: tuple(prompts[r][:hit]) for r, hit in enumerate(hits) if hit}
-        stored = {r: self.entries[key] for r, key in keys.items()}
-        for key in set(keys.values()):  # each is used once (two episodes may share one): the next turn keeps its own
+        copies = {key: self.entries[key].layers() for key in set(keys.values())}  # two episodes may share one
+        stored = {r: copies[key] for r, key in keys.items()}
+        for key in copies:  # each is used once: the next turn keeps its own
             del self.entries[key]
         some = next(iter(stored.values()))
         layers, (heads, _, dim) = len(some), some[0][0].shape
