@@ -73,4 +73,4 @@ def test_only_continued_rows_are_copied_and_ended_episodes_are_forgotten(setup):
     fresh = HFEngine(load_model("bundled:tiny-tools"), tokenizer).generate_from_ids([continued], greedy)
     again = engine.generate_from_ids([continued], greedy, reuse=True)
     assert again[0].token_ids == fresh[0].token_ids  # prefilled from a's kept keys: the same turn
-    assert len(engine.turns.entries) == 1  # b's entry (which held the first call's whole cache) is gone
+    assert all(key[: len(a)] == tuple(a) for key in engine.turns.entries)  # b's (it held the first call's cache) is gone
