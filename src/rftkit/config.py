@@ -185,6 +185,23 @@ class RunConfig(Section):
     mlflow_experiment: str = Field("rftkit", description="MLflow experiment name")
 
 
+class RuntimeConfig(Section):
+    backend: Literal["local", "ray"] = Field("local", description="local: one process; ray: rollout and grader "
+                                             "workers as Ray actors (pip install -e \".[ray]\"; docs/SCALING.md)")
+    address: str = Field("", description="ray: empty = start a local Ray instance for the run; auto = join the "
+                         "cluster `ray start --head` started here; HOST:PORT or ray://HOST:PORT = join that one")
+    rollout_workers: int = Field(2, gt=0, description="ray: actors sampling completions, each with its own model copy")
+    grader_workers: int = Field(2, gt=0, description="ray: actors grading, each with its own executor and sandbox pools")
+    learners: int = Field(1, gt=0, description="ray: data-parallel learners (torch.distributed; 1 = the driver learns)")
+    cpus_per_rollout_worker: float = Field(1.0, gt=0, description="ray: CPUs each rollout worker reserves (and torch threads)")
+    gpus_per_rollout_worker: float = Field(0.0, ge=0, description="ray: GPUs each rollout worker reserves")
+    cpus_per_grader_worker: float = Field(0.5, gt=0, description="ray: CPUs each grader worker reserves")
+    cpus_per_learner: float = Field(1.0, gt=0, description="ray, learners > 1: CPUs each learner reserves (and torch threads)")
+    gpus_per_learner: float = Field(0.0, ge=0, description="ray, learners > 1: GPUs each learner reserves")
+    timeout_s: float = Field(600.0, gt=0, description="ray: the longest any call to a worker may take before the run stops")
+    connect_timeout_s: float = Field(30.0, gt=0, description="ray: deadline for reaching runtime.address")
+
+
 class Config(Section):
     init_from: str | None = Field(None, description="start from another run: RUN_DIR (its final model) or "
                                   "RUN_DIR/checkpoints/step-N; relative to the current directory, like run.dir")
@@ -211,6 +228,8 @@ class Config(Section):
     asft: ASFTConfig = Field(default_factory=ASFTConfig, description="asft: advantage weights of logged answers")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimizer, the number of steps and the batch shape")
     run: RunConfig = Field(default_factory=RunConfig, description="the run directory: checkpoints, samples, validation, loggers")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="where rollouts and grading run: this "
+                                   "process or Ray workers")
 
     @field_validator("grader", mode="before")
     @classmethod
@@ -223,6 +242,13 @@ class Config(Section):
     def _credit(self) -> Config:
         if self.algorithm.credit == "turn" and not self.environment:
             raise ValueError("algorithm.credit: turn needs an `environment:` (turns exist only in multi-turn episodes)")
+        return self
+
+    @model_validator(mode="after")
+    def _learners(self) -> Config:
+        if self.runtime.learners > 1 and (self.runtime.backend != "ray" or self.algorithm.name != "grpo"):
+            raise ValueError("runtime.learners > 1 needs runtime.backend: ray and algorithm.name: grpo "
+                             "(the offline stages train in one learner)")
         return self
 
     @model_validator(mode="after")

@@ -153,7 +153,7 @@ def test_grpo_update_gradient_is_the_same_with_and_without_the_shared_prefix(toy
             if not shared:  # the update as for a model the shared-prefix forward cannot run: the padded forward
                 m.setattr(rftkit.policy.local, "packed_forward_usable", lambda module: False)
             # update() would step the optimizer and clear the gradients: read them off the accumulation it runs
-            sums = policy._accumulate_grpo(rows, spec)
+            sums = policy.accumulate_grpo(rows, spec)
         results[shared] = (_grads(model), sums)
     (plain, plain_sums), (fast, fast_sums) = results[False], results[True]
     assert _relative_difference(fast, plain) < 1e-5

@@ -44,7 +44,7 @@ def test_grpo_update_with_stored_logprobs_at_ratio_1_matches_no_stored_logprobs(
     def grads(rows) -> tuple[list[torch.Tensor], dict]:
         # LocalPolicy.update ends with optimizer_step(), which clears the gradients: read them off the
         # accumulation step (the same one update() runs) instead.
-        sums = policy._accumulate_grpo(rows, spec)
+        sums = policy.accumulate_grpo(rows, spec)
         out = [p.grad.clone() for p in params]
         model.zero_grad(set_to_none=True)
         return out, sums
@@ -78,7 +78,7 @@ def test_update_takes_one_optimizer_step_on_the_accumulated_loss(toy_model_dir):
     spec = LossSpec(epsilon=0.2)
     params = [p for p in model.parameters() if p.requires_grad]
     probe = frozen_lr_policy(model)
-    probe._accumulate_grpo(rows, spec)  # the gradient update() will apply (optimizer_step zeroes it after)
+    probe.accumulate_grpo(rows, spec)  # the gradient update() will apply (optimizer_step zeroes it after)
     grads = [p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)
     before = [p.detach().clone() for p in params]

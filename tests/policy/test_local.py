@@ -147,7 +147,7 @@ def test_masked_middle_tokens_are_left_out_of_the_sum_and_the_normaliser(model):
         mask[-2] = 0
         batch.append(Row(r.prompt_ids, r.completion_ids, r.advantage, mask))
     # update() ends with optimizer_step(), which clears the gradients: read them off the accumulation it runs
-    sums = policy._accumulate_grpo(batch, LossSpec())
+    sums = policy.accumulate_grpo(batch, LossSpec())
     got = grads_of(model)
 
     logp, present = policy_logprobs(model, [r.prompt_ids for r in batch], [r.completion_ids for r in batch], 1.0, 0)

@@ -45,6 +45,8 @@ class LocalPolicy:
         self.max_grad_norm, self.micro_batch_size, self.pad_id = max_grad_norm, micro_batch_size, pad_id
         self.version = 0
         self.device = next(module.parameters()).device
+        # data-parallel learners (distributed/learners.py) sum their gradients here before the clip and the step
+        self.reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None
 
     # ---- log-probs -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -72,17 +74,19 @@ class LocalPolicy:
             return self.module(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
 
     # ---- updates -------------------------------------------------------------------------------
-    def update(self, rows: list[Row], spec: LossSpec) -> dict[str, float]:
-        """One optimizer step on the GRPO loss of `rows` (graded, non-empty completions)."""
+    def update(self, rows: list[Row], spec: LossSpec, counts: StepCounts | None = None) -> dict[str, float]:
+        """One optimizer step on the GRPO loss of `rows` (graded, non-empty completions). `counts`: the whole
+        batch's sizes when `rows` are one learner's share of it (the loss's normaliser is the batch's)."""
         t0 = time.perf_counter()
-        sums = self._accumulate_grpo(rows, spec)
+        sums = self.accumulate_grpo(rows, spec, counts)
         t1 = time.perf_counter()
         grad_norm = self.optimizer_step()
         return {**sums, "grad_norm": grad_norm, "time_backward": t1 - t0, "time_optimizer": time.perf_counter() - t1}
 
-    def _accumulate_grpo(self, rows: list[Row], spec: LossSpec) -> dict[str, float]:
+    def accumulate_grpo(self, rows: list[Row], spec: LossSpec, counts: StepCounts | None = None) -> dict[str, float]:
+        """Backpropagate the GRPO loss of `rows` into the gradients (no step); the loss's parts, summed."""
         n_tokens = sum(sum(r.loss_mask) for r in rows)
-        counts = StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(spec.max_new_tokens, 1))
+        counts = counts or step_counts(rows, spec)
         aggregate = partial(AGGREGATIONS[spec.aggregation], counts=counts)
         active = [r for r in rows if spec.beta > 0 or r.trains]
         packed = packed_forward_usable(self.module)
@@ -124,6 +128,8 @@ class LocalPolicy:
     def optimizer_step(self) -> float:
         """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients; the norm."""
         params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -171,6 +177,12 @@ class LocalPolicy:
         """A Hugging Face folder of the module (with LoRA: the adapter, or the merged model)."""
         module = self.module.merge_and_unload() if merge_lora else self.module
         module.save_pretrained(folder)
+
+
+def step_counts(rows: list[Row], spec: LossSpec) -> StepCounts:
+    """The sizes every micro-batch's loss divides by: the whole batch's graded tokens and rows."""
+    n_tokens = sum(sum(r.loss_mask) for r in rows)
+    return StepCounts(tokens=float(max(n_tokens, 1)), rows=float(max(len(rows), 1)), max_new_tokens=max(spec.max_new_tokens, 1))
 
 
 def _advantages(chunk: list[Row], logp: torch.Tensor) -> torch.Tensor:

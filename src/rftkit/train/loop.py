@@ -28,6 +28,7 @@ from rftkit.config import Config
 from rftkit.errors import Interrupted, UserError
 from rftkit.metrics import sample_records
 from rftkit.metrics.health import HealthMonitor
+from rftkit.distributed import LearnerGroup
 from rftkit.models import apply_lora, load_tokenizer
 from rftkit.policy import LocalPolicy
 from rftkit.train.checkpoint import checkpoint_dir, latest_checkpoint, resumable, save_checkpoint
@@ -176,8 +177,13 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        return LocalPolicy(model, optimizer, scheduler, reference=reference, max_grad_norm=cfg.train.max_grad_norm,
-                           micro_batch_size=cfg.train.micro_batch_size, pad_id=self.tokenizer.pad_token_id)
+        policy = LocalPolicy(model, optimizer, scheduler, reference=reference, max_grad_norm=cfg.train.max_grad_norm,
+                             micro_batch_size=cfg.train.micro_batch_size, pad_id=self.tokenizer.pad_token_id)
+        rt = cfg.runtime
+        if getattr(stage, "ray", None) is not None and rt.learners > 1:  # data-parallel learners (distributed/learners.py)
+            return LearnerGroup(stage.ray, policy, learners=rt.learners, cpus=rt.cpus_per_learner, gpus=rt.gpus_per_learner,
+                                timeout_s=rt.timeout_s, threads=cfg.train.threads)
+        return policy
 
     def _prepare_run_dir(self, resume: bool) -> None:
         resolved = self.cfg.to_yaml()

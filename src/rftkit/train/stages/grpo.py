@@ -31,6 +31,7 @@ from rftkit.agents import build_environment, run_episodes, with_episode_rewards
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
                                    overlong_penalty, sequence_kl, turn_advantages)
 from rftkit.data.sampler import PromptSampler
+from rftkit.distributed import RayEngine, RayGraderExecutor, WorkerRequest, connect
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
 from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
@@ -76,13 +77,34 @@ class GeneratingStage(Stage):
         self.require_val()
         self.grader = grader
         self.environment = build_environment(cfg.environment) if cfg.environment else None  # multi-turn episodes
+        self.ray = None
+        if cfg.runtime.backend == "ray":  # Ray missing, an address nothing answers on, too few CPUs: exit 2 here
+            rt = cfg.runtime
+            self.ray = connect(rt.address, [WorkerRequest("rollout", rt.rollout_workers, rt.cpus_per_rollout_worker,
+                                                          rt.gpus_per_rollout_worker),
+                                            WorkerRequest("grader", rt.grader_workers, rt.cpus_per_grader_worker, 0.0),
+                                            WorkerRequest("learner", rt.learners if rt.learners > 1 else 0,
+                                                          rt.cpus_per_learner, rt.gpus_per_learner)],
+                               rt.connect_timeout_s)
 
     def build(self, policy, tokenizer) -> None:
         super().build(policy, tokenizer)
         cfg = self.cfg
-        # the local engine samples with the policy's own module; update_weights keeps its version in step
-        self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
-        self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s, cfg.grading.workers)
+        if self.ray is not None:  # Ray actors behind the same two protocols (distributed/)
+            rt, grading = cfg.runtime, cfg.grading
+            self.engine = RayEngine(self.ray, policy.module, tokenizer, workers=rt.rollout_workers,
+                                    batch_size=cfg.rollout.batch_size, cpus=rt.cpus_per_rollout_worker,
+                                    gpus=rt.gpus_per_rollout_worker, seed=cfg.train.seed, timeout_s=rt.timeout_s,
+                                    threads=cfg.train.threads)
+            self.engine.update_weights(policy, policy.version)
+            self.executor = RayGraderExecutor(self.ray, cfg.grader, workers=rt.grader_workers, timeout_s=grading.timeout_s,
+                                              step_budget_s=grading.step_budget_s, threads=grading.workers,
+                                              cpus=rt.cpus_per_grader_worker, wait_s=rt.timeout_s)
+        else:
+            # the local engine samples with the policy's own module; update_weights keeps its version in step
+            self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
+            self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s,
+                                                 cfg.grading.workers)
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
 
@@ -115,6 +137,17 @@ class GeneratingStage(Stage):
 
     def close(self) -> None:
         self.executor.close()
+        if self.ray is not None:
+            self.engine.close()
+            if hasattr(self.policy, "close"):  # data-parallel learners
+                self.policy.close()
+
+    def runtime_metrics(self) -> dict[str, float]:
+        """Ray workers restarted after their process died, so far in this run (none on the local backend)."""
+        if self.ray is None:
+            return {}
+        return {"ray/rollout_worker_restarts": float(self.engine.restarts),
+                "ray/grader_worker_restarts": float(self.executor.restarts)}
 
     def summary(self, metrics: dict[str, float]) -> str:
         return f"reward {metrics['critic/rewards/mean']:.3f}"
@@ -174,7 +207,7 @@ class GRPOStage(GeneratingStage):
                   "perf/tokens_per_s": n_tokens / max(every.generate_s, 1e-9)}
         metrics = {**rollout_metrics(every.groups, every.grading), **env_metrics(every.groups),
                    **self.update_metrics(updates, kl, bool(batch)),
-                   **timing, **self.variant_metrics(batch, every, rewards)}
+                   **timing, **self.variant_metrics(batch, every, rewards), **self.runtime_metrics()}
         return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
 
     # ---- stages 1 and 2: rollouts, graded ---------------------------------------------------

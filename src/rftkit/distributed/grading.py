@@ -1,0 +1,70 @@
+"""Grader workers: Ray actors, each running the local executor (graders/executor.py) over its
+share of a step's groups, and `RayGraderExecutor`, the GraderExecutor the stage scores with
+when `runtime.backend: ray`.
+
+Each worker builds the grader from its config and keeps its own sandbox pools, lanes and
+deadlines, so per-call deadlines, the step budget (every worker grades its share within it,
+all at once), retries and error accounting are the local executor's. A worker killed mid-call
+is restarted by Ray and its share is graded again (`max_task_retries`); the restart is counted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rftkit.distributed.rollout import split_evenly
+from rftkit.distributed.runtime import get, stop
+from rftkit.graders.executor import GradingStats
+from rftkit.types import Group, Score
+
+
+class GraderWorker:
+    def __init__(self, grader_config, timeout_s: float, step_budget_s: float, workers: int) -> None:
+        from rftkit.graders import build_grader
+        from rftkit.graders.executor import ThreadGraderExecutor
+
+        self.executor = ThreadGraderExecutor(build_grader(grader_config, "grader"), timeout_s, step_budget_s, workers)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, groups: list[Group]):
+        scores, stats = self.executor.score(groups)
+        return scores, stats, os.getpid()
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+class RayGraderExecutor:
+    def __init__(self, ray, grader_config, *, workers: int, timeout_s: float, step_budget_s: float, threads: int,
+                 cpus: float, wait_s: float) -> None:
+        self.ray, self.wait_s = ray, max(wait_s, step_budget_s + 60.0)  # a worker answers by its step budget
+        actor = ray.remote(GraderWorker).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1)
+        self.workers = [actor.remote(grader_config, timeout_s, step_budget_s, threads) for _ in range(workers)]
+        self.pids = self._get([w.pid.remote() for w in self.workers])
+        self.restarts = 0
+
+    def score(self, groups: list[Group]) -> tuple[list[list[Score]], GradingStats]:
+        parts = split_evenly(groups, len(self.workers))
+        busy = [(i, part) for i, part in enumerate(parts) if part]
+        results = self._get([self.workers[i].score.remote(part) for i, part in busy])
+        scores: list[list[Score]] = []
+        stats = GradingStats(0, 0, [], {})
+        for (i, _), (part_scores, part_stats, pid) in zip(busy, results):
+            if pid != self.pids[i]:
+                self.restarts += 1
+                self.pids[i] = pid
+            scores += part_scores
+            stats.errors += part_stats.errors
+            stats.timeouts += part_stats.timeouts
+            stats.latencies += part_stats.latencies
+            for kind, n in part_stats.injected.items():
+                stats.injected[kind] = stats.injected.get(kind, 0) + n
+        return scores, stats
+
+    def _get(self, refs: list) -> list:
+        return get(self.ray, refs, self.wait_s, "grader workers (grading.step_budget_s + 60)")
+
+    def close(self) -> None:
+        stop(self.ray, self.workers)
