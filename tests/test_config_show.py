@@ -14,6 +14,7 @@ def _fields(model: type[BaseModel], prefix: str = ""):
     """(dotted key, FieldInfo, section class or None) of every field, recursively from `model`."""
     for name, field in model.model_fields.items():
         section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        name = field.alias or name  # `async`, a Python keyword, is the `async_` field's name in YAML
         yield prefix + name, field, section
         if section is not None:
             yield from _fields(section, f"{prefix}{name}.")

@@ -202,7 +202,17 @@ class RuntimeConfig(Section):
     connect_timeout_s: float = Field(30.0, gt=0, description="ray: deadline for reaching runtime.address")
 
 
+class AsyncConfig(Section):
+    max_off_policy_steps: int = Field(0, ge=0, description="k: rollout workers generate up to k policy versions ahead of "
+                                      "the learner (runtime.backend: ray); 0 = synchronous, every batch sampled by the "
+                                      "version it trains")
+    is_cap: float = Field(2.0, gt=0, description="truncated importance weights: min(pi_now / pi_behaviour, is_cap) per "
+                          "token of a completion an older version sampled")
+
+
 class Config(Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     init_from: str | None = Field(None, description="start from another run: RUN_DIR (its final model) or "
                                   "RUN_DIR/checkpoints/step-N; relative to the current directory, like run.dir")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
@@ -230,6 +240,8 @@ class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig, description="the run directory: checkpoints, samples, validation, loggers")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="where rollouts and grading run: this "
                                    "process or Ray workers")
+    async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async", description="asynchronous training: "
+                                "generation runs ahead of the learner by a bounded number of versions")
 
     @field_validator("grader", mode="before")
     @classmethod
@@ -262,6 +274,18 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _async(self) -> Config:
+        k = self.async_.max_off_policy_steps
+        if k and (self.runtime.backend != "ray" or self.algorithm.name != "grpo" or self.environment):
+            raise ValueError("async.max_off_policy_steps > 0 needs runtime.backend: ray and algorithm.name: grpo, "
+                             "without an environment (generation runs ahead in the rollout workers)")
+        return self
+
+    def model_dump(self, **kwargs):  # `async` (a Python keyword) is the section's name in YAML and on the command line
+        kwargs.setdefault("by_alias", True)
+        return super().model_dump(**kwargs)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
@@ -293,7 +317,7 @@ def _describe(model: BaseModel, lines: list[str], indent: str) -> None:
         value = getattr(model, name)
         if isinstance(value, BaseModel):
             flush()
-            lines.append(f"{indent}{name}:  # {field.description}")
+            lines.append(f"{indent}{field.alias or name}:  # {field.description}")
             _describe(value, lines, indent + "  ")
             continue
         default = field.get_default(call_default_factory=True)

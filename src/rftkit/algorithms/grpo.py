@@ -212,6 +212,17 @@ def constant_normalizer(values: torch.Tensor, mask: torch.Tensor, counts: StepCo
     return (values * mask).sum() / (counts.rows * counts.max_new_tokens)
 
 
+def truncated_is_weights(logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per token min(pi_now / pi_behaviour, cap), no gradient: the off-policy correction of a completion
+    sampled by an older policy version (asynchronous training). logp, behaviour_logp: [B, C]."""
+    return torch.exp(logp.detach() - behaviour_logp).clamp(max=cap)
+
+
+def mismatch_kl(logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed k1 estimate of KL(behaviour || now) over the masked tokens (sampled from the behaviour policy)."""
+    return ((behaviour_logp - logp.detach()) * mask).sum()
+
+
 AGGREGATIONS = {"token_mean": token_mean, "sequence_mean": sequence_mean, "constant": constant_normalizer}
 
 

@@ -6,7 +6,8 @@ asks for it: the default install has no Ray."""
 
 from rftkit.distributed.grading import RayGraderExecutor
 from rftkit.distributed.learners import LearnerGroup
+from rftkit.distributed.pipeline import AheadPipeline
 from rftkit.distributed.rollout import RayEngine
 from rftkit.distributed.runtime import WorkerRequest, connect
 
-__all__ = ["LearnerGroup", "RayEngine", "RayGraderExecutor", "WorkerRequest", "connect"]
+__all__ = ["AheadPipeline", "LearnerGroup", "RayEngine", "RayGraderExecutor", "WorkerRequest", "connect"]

@@ -28,9 +28,18 @@ class GraderWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def score(self, groups: list[Group]):
         scores, stats = self.executor.score(groups)
         return scores, stats, os.getpid()
+
+    def score_generated(self, generated):
+        """Grade a rollout worker's answer as it arrives (Ray passes its result here, not via the driver)."""
+        return self.score(generated[0])
 
     def close(self) -> None:
         self.executor.close()
@@ -48,7 +57,17 @@ class RayGraderExecutor:
     def score(self, groups: list[Group]) -> tuple[list[list[Score]], GradingStats]:
         parts = split_evenly(groups, len(self.workers))
         busy = [(i, part) for i, part in enumerate(parts) if part]
-        results = self._get([self.workers[i].score.remote(part) for i, part in busy])
+        return self.collect((busy, [self.workers[i].score.remote(part) for i, part in busy]))
+
+    def submit_generated(self, generated: list):
+        """Grade each rollout worker's result (ObjectRefs of RayEngine.submit) as soon as it exists: asynchronous
+        runs grade batch s+1 while the learner trains on batch s. `collect` waits for the scores."""
+        busy = [(j % len(self.workers), None) for j in range(len(generated))]
+        return busy, [self.workers[i].score_generated.remote(ref) for (i, _), ref in zip(busy, generated)]
+
+    def collect(self, pending) -> tuple[list[list[Score]], GradingStats]:
+        busy, refs = pending
+        results = self._get(refs)
         scores: list[list[Score]] = []
         stats = GradingStats(0, 0, [], {})
         for (i, _), (part_scores, part_stats, pid) in zip(busy, results):

@@ -126,7 +126,7 @@ class LearnerGroup:
         self.local.module.load_state_dict(self._get([self.workers[0].weights.remote()])[0], strict=False)
         self.local.version += 1
         self._lr = results[0]["lr"]
-        summed = {k: sum(r[k] for r in results) for k in ("pg_loss", "kl", "clipped", "tokens", "rows")}
+        summed = {k: sum(r[k] for r in results) for k in ("pg_loss", "kl", "clipped", "mismatch_kl", "tokens", "rows")}
         return {**summed, "grad_norm": results[0]["grad_norm"],  # the all-reduced gradient's: the same on every learner
                 "time_backward": max(r["time_backward"] for r in results),
                 "time_optimizer": max(r["time_optimizer"] for r in results)}

@@ -24,6 +24,7 @@ class Row:
     advantage: float | list[float] = 0.0  # one per row, or one per completion token (per-turn credit)
     loss_mask: list[int] = field(default_factory=list)  # per completion token: 1 = trained on; empty = all ones
     old_logp: torch.Tensor | None = None  # [len(completion_ids)] log-probs before this batch's first update (mu > 1)
+    behaviour_logp: torch.Tensor | None = None  # [len(completion_ids)] log-probs of the (older) version that sampled it
 
     def __post_init__(self):
         if not self.loss_mask:
@@ -46,6 +47,7 @@ class LossSpec:
     aggregation: str = "token_mean"  # an algorithms.grpo.AGGREGATIONS key
     temperature: float = 1.0  # log-probs are those of logits / temperature, the distribution sampled from
     max_new_tokens: int = 1  # the `constant` aggregation's length
+    is_cap: float = 2.0  # rows with behaviour_logp (asynchronous training): importance weights truncated at this
 
 
 class Policy(Protocol):

@@ -29,7 +29,8 @@ from functools import partial
 
 import torch
 
-from rftkit.algorithms.grpo import AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss
+from rftkit.algorithms.grpo import (AGGREGATIONS, KL_ESTIMATORS, StepCounts, clipped_policy_loss, mismatch_kl,
+                                   truncated_is_weights)
 from rftkit.models.batching import pad_right
 from rftkit.models.layout import packed_forward_usable
 from rftkit.models.packed import policy_logprobs
@@ -95,7 +96,7 @@ class LocalPolicy:
             # order (and the floating-point sum) is the same on every run. The shared-prefix forward
             # pads nothing in its matmuls and wants a group's rows together, so it keeps group order.
             active.sort(key=lambda r: len(r.prompt_ids) + len(r.completion_ids))
-        sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "rows": len(active)}
+        sums = {"pg_loss": 0.0, "kl": 0.0, "clipped": 0.0, "mismatch_kl": 0.0, "rows": len(active)}
         for start in range(0, len(active), self.micro_batch_size):
             chunk = active[start : start + self.micro_batch_size]
             prompts, completions = [r.prompt_ids for r in chunk], [r.completion_ids for r in chunk]
@@ -111,6 +112,14 @@ class LocalPolicy:
             if chunk[0].old_logp is not None:  # completion targets are contiguous per row, so row order = mask order
                 old = old.clone()
                 old[present.bool()] = torch.cat([r.old_logp for r in chunk]).to(old.device, old.dtype)
+            if any(r.behaviour_logp is not None for r in chunk):  # sampled by an older version: truncated IS weights
+                behaviour = logp.detach().clone()  # rows without one were sampled by these weights
+                for i, r in enumerate(chunk):
+                    if r.behaviour_logp is not None:
+                        behaviour[i, present[i].bool()] = r.behaviour_logp.to(logp.device, logp.dtype)
+                weights = truncated_is_weights(logp, behaviour, spec.is_cap)  # [B, C]
+                advantages = (advantages if advantages.dim() == 2 else advantages[:, None]) * weights
+                sums["mismatch_kl"] += float(mismatch_kl(logp, behaviour, mask))
             parts = clipped_policy_loss(logp, old, advantages, mask, spec.epsilon, aggregate, ref, spec.beta,
                                         epsilon_high=spec.epsilon_high, kl_estimator=KL_ESTIMATORS[spec.kl_estimator])
             parts.loss.backward()

@@ -31,7 +31,7 @@ from rftkit.agents import build_environment, run_episodes, with_episode_rewards
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
                                    overlong_penalty, sequence_kl, turn_advantages)
 from rftkit.data.sampler import PromptSampler
-from rftkit.distributed import RayEngine, RayGraderExecutor, WorkerRequest, connect
+from rftkit.distributed import AheadPipeline, RayEngine, RayGraderExecutor, WorkerRequest, connect
 from rftkit.graders import build_grader, check_grader_items
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
 from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
@@ -95,7 +95,7 @@ class GeneratingStage(Stage):
             self.engine = RayEngine(self.ray, policy.module, tokenizer, workers=rt.rollout_workers,
                                     batch_size=cfg.rollout.batch_size, cpus=rt.cpus_per_rollout_worker,
                                     gpus=rt.gpus_per_rollout_worker, seed=cfg.train.seed, timeout_s=rt.timeout_s,
-                                    threads=cfg.train.threads)
+                                    threads=cfg.train.threads, follow_driver_rng=not cfg.async_.max_off_policy_steps)
             self.engine.update_weights(policy, policy.version)
             self.executor = RayGraderExecutor(self.ray, cfg.grader, workers=rt.grader_workers, timeout_s=grading.timeout_s,
                                               step_budget_s=grading.step_budget_s, threads=grading.workers,
@@ -107,6 +107,10 @@ class GeneratingStage(Stage):
                                                  cfg.grading.workers)
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+        ahead = cfg.async_.max_off_policy_steps
+        self.pipeline = (AheadPipeline(self.engine, self.executor, ahead, cfg.rollout.num_generations, self.sampling)
+                         if ahead else None)
+        self.waited_s = 0.0  # asynchronous runs: seconds the learner waited for rollouts this step
 
     def generate(self, items: list, n: int) -> list[Group]:
         """n completions per item: one answer each, or with an environment n multi-turn episodes (agents/)."""
@@ -115,25 +119,41 @@ class GeneratingStage(Stage):
         return run_episodes(self.engine, self.tokenizer, self.environment, items, n, self.sampling)
 
     def rollouts(self, n_prompts: int) -> Rollouts:
-        """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded."""
-        items = [self.items[i] for i in self.sampler.take(n_prompts)]
+        """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded.
+        Asynchronous runs take the oldest batch the rollout workers generated ahead (distributed/pipeline.py)."""
         t0 = time.perf_counter()
-        groups = self.generate(items, self.cfg.rollout.num_generations)
+        if self.pipeline is not None and n_prompts == self.cfg.train.prompts_per_step:
+            _, groups, scores, grading, waited = self.pipeline.next(lambda: self.take(n_prompts))
+            self.waited_s += waited
+            graded = [g.scored(s) for g, s in zip(groups, scores)]
+            return Rollouts(graded, grading, time.perf_counter() - t0, 0.0)  # its generation and grading overlapped
+        groups = self.generate(self.take(n_prompts)[1], self.cfg.rollout.num_generations)
         t1 = time.perf_counter()
         scores, grading = self.executor.score(groups)
         graded = [g.scored(s) for g, s in zip(groups, with_episode_rewards(groups, scores))]
         return Rollouts(graded, grading, t1 - t0, time.perf_counter() - t1)
+
+    def take(self, n_prompts: int) -> tuple[list[int], list]:
+        indices = self.sampler.take(n_prompts)
+        return indices, [self.items[i] for i in indices]
 
     def sync_engine(self) -> None:
         """After the policy changed: the engine samples with the new weights (a no-op copy for the local engine)."""
         self.engine.update_weights(self.policy, self.policy.version)
 
     def state(self) -> dict:
-        return {"sampler": self.sampler.state()}
+        state = {"sampler": self.sampler.state()}
+        if self.pipeline is not None:  # prompts taken for batches still generating: submitted again on resume
+            state["inflight"] = self.pipeline.inflight()
+        return state
 
     def restore(self, state: dict) -> None:
         self.sampler.restore(state["sampler"])
         self.sync_engine()  # the policy was loaded from the checkpoint: its version, not 0, samples next
+        if self.pipeline is not None:
+            self.pipeline.pending.clear()
+            for indices in state.get("inflight", []):
+                self.pipeline.submit(indices, [self.items[i] for i in indices])
 
     def close(self) -> None:
         self.executor.close()
@@ -180,15 +200,17 @@ class GRPOStage(GeneratingStage):
         self.loss_spec = LossSpec(epsilon=algo.epsilon, epsilon_high=algo.epsilon_high,
                                   beta=algo.beta if algo.kl_in == "loss" else 0.0, kl_estimator=algo.kl_estimator,
                                   aggregation=algo.loss_aggregation, temperature=rollout.temperature,
-                                  max_new_tokens=rollout.max_new_tokens)
+                                  max_new_tokens=rollout.max_new_tokens, is_cap=self.cfg.async_.is_cap)
 
     # ---- one step --------------------------------------------------------------------------
     def step(self, step: int) -> StepResult:
         algo, temperature = self.cfg.algorithm, self.cfg.rollout.temperature
         t0 = time.perf_counter()
         batch, every = self.collect()  # stages 1 and 2: rollout, grade (dynamic sampling refills)
+        batch, stale = self.within_staleness(batch)  # asynchronous runs: groups more than k versions old are dropped
         t_update = time.perf_counter()
-        rows = [Row(c.prompt_ids or g.prompt_ids, c.token_ids, loss_mask=c.mask()) for g in batch for c in g.completions]
+        rows = [Row(c.prompt_ids or g.prompt_ids, c.token_ids, loss_mask=c.mask(), behaviour_logp=self.behaviour(c))
+                for g in batch for c in g.completions]
         old = self.policy.logprobs(rows, temperature) if rows and (algo.updates_per_batch > 1 or self.kl_in_reward) else None
         rewards, kl = self.shaped_rewards(batch, rows, old)  # [G, N]
         advantages = ADVANTAGES[algo.advantage](rewards) if batch else rewards  # [G, N]
@@ -207,8 +229,37 @@ class GRPOStage(GeneratingStage):
                   "perf/tokens_per_s": n_tokens / max(every.generate_s, 1e-9)}
         metrics = {**rollout_metrics(every.groups, every.grading), **env_metrics(every.groups),
                    **self.update_metrics(updates, kl, bool(batch)),
-                   **timing, **self.variant_metrics(batch, every, rewards), **self.runtime_metrics()}
+                   **timing, **self.variant_metrics(batch, every, rewards), **self.runtime_metrics(),
+                   **self.async_metrics(every.groups, stale, updates)}
         return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
+
+    # ---- asynchronous training ---------------------------------------------------------------
+    def within_staleness(self, groups: list[Group]) -> tuple[list[Group], int]:
+        """(groups sampled at most k versions ago, how many were older): a bound, not a hope."""
+        if self.pipeline is None:
+            return groups, 0
+        k, now = self.cfg.async_.max_off_policy_steps, self.policy.version
+        kept = [g for g in groups if all(now - c.version <= k for c in g.completions)]
+        return kept, len(groups) - len(kept)
+
+    def behaviour(self, c) -> torch.Tensor | None:
+        """The sampling version's log-probs of an asynchronous run's completion (its off-policy correction)."""
+        if self.pipeline is None or not c.logprobs or len(c.logprobs) != len(c.token_ids):
+            return None
+        return torch.tensor(c.logprobs, dtype=torch.float32)
+
+    def async_metrics(self, groups: list[Group], stale: int, updates: list[dict]) -> dict[str, float]:
+        if self.pipeline is None:
+            return {}
+        now = self.policy.version - len(updates)  # the version the batch was trained by (before this step's update)
+        staleness = [now - c.version for g in groups for c in g.completions] or [0]
+        tokens = sum(u["tokens"] for u in updates)
+        idle, self.engine_idle = self.engine.idle_s - getattr(self, "engine_idle", 0.0), self.engine.idle_s
+        waited, self.waited_s = self.waited_s, 0.0
+        return {"async/staleness_mean": sum(staleness) / len(staleness), "async/staleness_max": float(max(staleness)),
+                "async/dropped_groups": float(stale),
+                "actor/mismatch_kl": sum(u.get("mismatch_kl", 0.0) for u in updates) / max(tokens, 1.0),
+                "perf/learner_idle_s": waited, "perf/rollout_idle_s": idle}
 
     # ---- stages 1 and 2: rollouts, graded ---------------------------------------------------
     def collect(self) -> tuple[list[Group], Rollouts]:
@@ -259,8 +310,8 @@ class GRPOStage(GeneratingStage):
         computed (mu > 1, KL reward penalty), the sampling-time log-probs the ratio is taken against."""
         flat = [c for g in groups for c in g.completions]
         values = advantages.flatten().tolist() if isinstance(advantages, torch.Tensor) else [a for g in advantages for a in g]
-        return [Row(r.prompt_ids, r.completion_ids, values[i], r.loss_mask, old[i] if old is not None else None)
-                for i, (r, c) in enumerate(zip(rows, flat)) if graded(c)]
+        return [Row(r.prompt_ids, r.completion_ids, values[i], r.loss_mask, old[i] if old is not None else None,
+                    r.behaviour_logp) for i, (r, c) in enumerate(zip(rows, flat)) if graded(c)]
 
     # ---- metrics ----------------------------------------------------------------------------
     def update_metrics(self, updates: list[dict], kl: float | None, trained: bool) -> dict[str, float]:
