@@ -43,4 +43,4 @@ class AheadPipeline:
         return indices, groups, scores, stats, time.perf_counter() - t0
 
     def inflight(self) -> list[list[int]]:
-        return [indices for indices, _ in self.pending]
+        return [indices for indices, _, _ in self.pending]
