@@ -280,6 +280,9 @@ class Config(Section):
         if k and (self.runtime.backend != "ray" or self.algorithm.name != "grpo" or self.environment):
             raise ValueError("async.max_off_policy_steps > 0 needs runtime.backend: ray and algorithm.name: grpo, "
                              "without an environment (generation runs ahead in the rollout workers)")
+        if isinstance(self.grader, dict) and self.grader.get("deferred") and not k:
+            raise ValueError("grader.deferred: true needs asynchronous training: set async.max_off_policy_steps (the "
+                             "most policy versions a reward may arrive late) and runtime.backend: ray")
         return self
 
     def model_dump(self, **kwargs):  # `async` (a Python keyword) is the section's name in YAML and on the command line

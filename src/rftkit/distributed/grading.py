@@ -49,7 +49,8 @@ class RayGraderExecutor:
     def __init__(self, ray, grader_config, *, workers: int, timeout_s: float, step_budget_s: float, threads: int,
                  cpus: float, wait_s: float) -> None:
         self.ray, self.wait_s = ray, max(wait_s, step_budget_s + 60.0)  # a worker answers by its step budget
-        actor = ray.remote(GraderWorker).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1)
+        # max_concurrency: a slow (deferred) batch's grading must not hold up the next batch's in the same worker
+        actor = ray.remote(GraderWorker).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1, max_concurrency=8)
         self.workers = [actor.remote(grader_config, timeout_s, step_budget_s, threads) for _ in range(workers)]
         self.pids = self._get([w.pid.remote() for w in self.workers])
         self.restarts = 0
@@ -65,6 +66,18 @@ class RayGraderExecutor:
         busy = [(j % len(self.workers), None) for j in range(len(generated))]
         return busy, [self.workers[i].score_generated.remote(ref) for (i, _), ref in zip(busy, generated)]
 
+    def ready(self, pending) -> bool:
+        """Whether every share's scores are in (deferred rewards: the learner never waits for them)."""
+        refs = pending[1]
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        return len(done) == len(refs)
+
+    def wait_any(self, pendings: list, timeout_s: float) -> None:
+        """Return once any share of any of `pendings` is graded, or after `timeout_s`."""
+        refs = [ref for pending in pendings for ref in pending[1]]
+        if refs:
+            self.ray.wait(refs, num_returns=1, timeout=max(timeout_s, 0.0))
+
     def collect(self, pending) -> tuple[list[list[Score]], GradingStats]:
         busy, refs = pending
         results = self._get(refs)
@@ -75,11 +88,7 @@ class RayGraderExecutor:
                 self.restarts += 1
                 self.pids[i] = pid
             scores += part_scores
-            stats.errors += part_stats.errors
-            stats.timeouts += part_stats.timeouts
-            stats.latencies += part_stats.latencies
-            for kind, n in part_stats.injected.items():
-                stats.injected[kind] = stats.injected.get(kind, 0) + n
+            stats = stats.merged(part_stats)
         return scores, stats
 
     def _get(self, refs: list) -> list:

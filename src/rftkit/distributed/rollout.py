@@ -8,8 +8,8 @@
 - Random numbers: with one worker (synchronous runs) the driver's torch generator state travels
   with each call and comes back advanced, so a run samples exactly what the local backend
   samples. With more workers, or calls in flight together (asynchronous runs), each call seeds
-  each worker from (train.seed, call number, worker): reproducible, not equal to the local run
-  (a batch split in two draws other numbers).
+  each worker from (train.seed, weights version, call since that version, worker): reproducible,
+  also across `--resume`, but not equal to the local run (a batch split in two draws other numbers).
 - A worker whose process dies is restarted by Ray and the call is retried on it
   (`max_task_retries`): it starts from the same weights version and the same random state, so
   the call returns what it would have; the driver counts the restart (the worker's pid changed).
@@ -125,6 +125,10 @@ class RayEngine:
         parts = split_evenly(items, len(self.workers))
         return self._submit("generate", parts, lambda part: (part, n, sampling, behaviour))
 
+    def done(self, pending) -> bool:
+        refs = pending[1]
+        return len(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+
     def collect(self, pending) -> list[Group]:
         return [g for groups in self._collect(pending, "generate") for g in groups]
 
@@ -142,6 +146,7 @@ class RayEngine:
             state = {k: v.detach().cpu() for k, v in state_or_policy.items()}
         self._weights = [self.ray.put(state)]  # in a list: a worker fetches it only when its version is behind
         self.version = version
+        self.calls = 0
 
     # ---- the workers -------------------------------------------------------------------------
     def _submit(self, method: str, parts: list[list], args):
@@ -150,7 +155,9 @@ class RayEngine:
         if self.handoff:
             rng = [torch.get_rng_state()]  # one worker samples what the local engine would: the driver's stream
         else:
-            rng = [(self.seed * 1_000_003 + self.calls * 1_009 + i) % (2**63) for i in range(len(busy))]
+            # (seed, weights version, call since that version, worker): the same after --resume as in one run
+            rng = [(self.seed * 1_000_003 + self.version * 10_007 + self.calls * 1_009 + i) % (2**63)
+                   for i in range(len(busy))]
         refs = [getattr(self.workers[i], method).remote(self._weights, self.version, r, *args(part))
                 for (i, part), r in zip(busy, rng)]
         return busy, refs

@@ -107,6 +107,8 @@ def build_grader(spec: dict[str, Any] | str, where: str = "grader") -> Grader:
     options = dict(spec)
     kind = options.pop("type")
     fault = options.pop("fault", None)
+    if not isinstance(options.pop("deferred", False), bool):  # read by the training stage (asynchronous runs)
+        raise ConfigError(f"{where}.deferred: must be true or false")
     cls = _grader_class(kind) if isinstance(kind, str) else None  # a list or dict as `type` (fuzzing found it)
     if cls is None:
         raise ConfigError(f"{where}.type: unknown grader type {kind!r}; valid types: {grader_names()}")

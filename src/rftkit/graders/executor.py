@@ -38,6 +38,14 @@ class GradingStats:
     latencies: list[float]  # seconds per sample (slowest leaf call), completed samples only
     injected: dict[str, int] = field(default_factory=dict)  # faults injected this step (fault.py), by kind
 
+    def merged(self, other: GradingStats) -> GradingStats:
+        """The counts of both (two rounds of a step, or two workers' shares)."""
+        injected = dict(self.injected)
+        for kind, n in other.injected.items():
+            injected[kind] = injected.get(kind, 0) + n
+        return GradingStats(self.errors + other.errors, self.timeouts + other.timeouts,
+                            self.latencies + other.latencies, injected)
+
 
 class _Lane:
     """`workers` daemon threads running one leaf grader's calls.

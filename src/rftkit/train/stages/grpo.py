@@ -54,12 +54,7 @@ class Rollouts:
     rounds: int = 1
 
     def __add__(self, other: Rollouts) -> Rollouts:
-        injected = dict(self.grading.injected)
-        for kind, n in other.grading.injected.items():
-            injected[kind] = injected.get(kind, 0) + n
-        grading = GradingStats(self.grading.errors + other.grading.errors, self.grading.timeouts + other.grading.timeouts,
-                               self.grading.latencies + other.grading.latencies, injected)
-        return Rollouts(self.groups + other.groups, grading, self.generate_s + other.generate_s,
+        return Rollouts(self.groups + other.groups, self.grading.merged(other.grading), self.generate_s + other.generate_s,
                         self.grade_s + other.grade_s, self.rounds + other.rounds)
 
 
@@ -111,6 +106,9 @@ class GeneratingStage(Stage):
         self.pipeline = (AheadPipeline(self.engine, self.executor, ahead, cfg.rollout.num_generations, self.sampling)
                          if ahead else None)
         self.waited_s = 0.0  # asynchronous runs: seconds the learner waited for rollouts this step
+        # a grader marked `deferred: true` (slow rewards): the learner trains on batches as their rewards arrive
+        self.deferred = self.pipeline is not None and isinstance(cfg.grader, dict) and bool(cfg.grader.get("deferred"))
+        self.late_dropped, self.deferred_waiting = 0, 0
 
     def generate(self, items: list, n: int) -> list[Group]:
         """n completions per item: one answer each, or with an environment n multi-turn episodes (agents/)."""
@@ -122,6 +120,12 @@ class GeneratingStage(Stage):
         """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded.
         Asynchronous runs take the oldest batch the rollout workers generated ahead (distributed/pipeline.py)."""
         t0 = time.perf_counter()
+        if self.pipeline is not None and self.deferred:  # whatever rewards are in; the step never waits for them
+            groups, scores, grading, dropped, self.deferred_waiting = self.pipeline.arrived(
+                lambda: self.take(n_prompts), self.policy.version, self.cfg.runtime.timeout_s)
+            self.late_dropped += dropped
+            graded = [g.scored(s) for g, s in zip(groups, scores)]
+            return Rollouts(graded, grading or GradingStats(0, 0, [], {}), time.perf_counter() - t0, 0.0)
         if self.pipeline is not None and n_prompts == self.cfg.train.prompts_per_step:
             _, groups, scores, grading, waited = self.pipeline.next(lambda: self.take(n_prompts))
             self.waited_s += waited
@@ -256,8 +260,10 @@ class GRPOStage(GeneratingStage):
         tokens = sum(u["tokens"] for u in updates)
         idle, self.engine_idle = self.engine.idle_s - getattr(self, "engine_idle", 0.0), self.engine.idle_s
         waited, self.waited_s = self.waited_s, 0.0
+        late, self.late_dropped = self.late_dropped, 0
+        deferred = {"async/deferred_waiting_groups": float(self.deferred_waiting)} if self.deferred else {}
         return {"async/staleness_mean": sum(staleness) / len(staleness), "async/staleness_max": float(max(staleness)),
-                "async/dropped_groups": float(stale),
+                "async/dropped_groups": float(stale + late), **deferred,
                 "actor/mismatch_kl": sum(u.get("mismatch_kl", 0.0) for u in updates) / max(tokens, 1.0),
                 "perf/learner_idle_s": waited, "perf/rollout_idle_s": idle}
 
@@ -266,7 +272,7 @@ class GRPOStage(GeneratingStage):
         """(the groups to train on, every round generated): dynamic sampling keeps informative groups and refills."""
         algo, wanted = self.cfg.algorithm, self.cfg.train.prompts_per_step
         every = self.rollouts(wanted)
-        if not algo.dynamic_sampling:
+        if not algo.dynamic_sampling or self.deferred:  # deferred rewards: no refills, the step takes what arrived
             return every.groups, every
         batch = self.informative(every.groups)
         while len(batch) < wanted and every.rounds - 1 < algo.max_refill_rounds:
