@@ -128,3 +128,29 @@ def test_a_resumed_ray_run_is_bit_identical_to_an_uninterrupted_one(local_ray, t
     assert rewards(tmp_path / "cut") == rewards(whole)
     digest = lambda run: hashlib.sha256((run / "final" / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
     assert digest(tmp_path / "cut") == digest(whole)
+
+
+def test_a_killed_learner_stops_the_run_with_a_message_and_resume_finishes_it(tmp_path):
+    run = tmp_path / "dp"
+    cmd = [sys.executable, "-m", "rftkit", "train", str(EXAMPLES / "grpo.yaml"), f"run.dir={run}", "train.steps=6",
+           "train.prompts_per_step=4", "rollout.num_generations=4", "train.micro_batch_size=16",
+           "run.checkpoint_interval=2", "runtime.backend=ray", "runtime.rollout_workers=1", "runtime.grader_workers=1",
+           "runtime.learners=2", "runtime.timeout_s=60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.monotonic() + 180, None
+    while time.monotonic() < deadline and proc.poll() is None and killed is None:
+        done = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
+        pids = worker_pids("LearnerWorker")
+        if done >= 3 and pids:
+            os.kill(pids[-1], signal.SIGKILL)
+            killed = pids[-1]
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=120)
+    assert killed is not None, out[-2000:]
+    assert proc.returncode == 1, out[-3000:]
+    assert "a learner died" in out and "--resume" in out and "Traceback" not in out
+    resumed = subprocess.run([sys.executable, "-m", "rftkit", "train", "--resume", str(run)], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))

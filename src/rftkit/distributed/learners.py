@@ -19,9 +19,14 @@ from datetime import timedelta
 import torch
 
 from rftkit.distributed.rollout import split_evenly
+from rftkit.errors import UserError
 from rftkit.distributed.runtime import get, stop
 from rftkit.policy.base import LossSpec, Row
 from rftkit.policy.local import step_counts
+
+
+class LearnerDied(UserError):
+    """A learner's process ended mid-run: the learners' copies can no longer agree, so the run stops (exit 1)."""
 
 
 class LearnerWorker:
@@ -165,5 +170,5 @@ class LearnerGroup:
         try:
             return get(self.ray, refs, self.timeout_s, "learners (runtime.timeout_s)")
         except self.ray.exceptions.RayActorError as exc:
-            raise RuntimeError(f"a learner died ({type(exc).__name__}); continue with `rft train --resume RUN_DIR`, "
-                               f"which starts from the last checkpoint") from None
+            raise LearnerDied(f"a learner died ({type(exc).__name__}): the run stops here; continue it with "
+                              f"`rft train --resume RUN_DIR`, which starts from the last checkpoint") from None
