@@ -7,6 +7,8 @@ import json
 import pytest
 
 from rftkit.config import load_config
+from rftkit.distributed import WorkerRequest, connect
+from rftkit.errors import ConfigError
 from rftkit.train.loop import Trainer
 
 from tests.conftest import EXAMPLES
@@ -42,6 +44,8 @@ def test_rollout_and_grader_workers_on_two_nodes_train(tmp_path):
         assert len(nodes["rollout"]) == 2 and len(nodes["grader"]) == 2  # one of each on each node
         metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == [1, 2]
+        with pytest.raises(ConfigError, match=r"need 10 CPUs \(10 rollout x 1\) but the Ray cluster has 4"):
+            connect(cluster.address, [WorkerRequest("rollout", 10, 1.0, 0.0)])  # a joined cluster is not stretched
     finally:
         ray.shutdown()
         cluster.shutdown()

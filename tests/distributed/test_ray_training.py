@@ -154,3 +154,15 @@ def test_a_killed_learner_stops_the_run_with_a_message_and_resume_finishes_it(tm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+def test_tool_episodes_play_on_rollout_workers(local_ray, tmp_path):
+    tools = EXAMPLES.parent / "tools"
+    cfg = load_config(tools / "grpo.yaml", [f"run.dir={tmp_path / 'tools'}", "train.steps=2", "train.prompts_per_step=4",
+                                            "rollout.num_generations=4", "train.micro_batch_size=16",
+                                            "run.checkpoint_interval=0", "run.eval_interval=0", "runtime.backend=ray",
+                                            "runtime.rollout_workers=2", "runtime.grader_workers=1"])
+    Trainer(cfg, quiet=True).train()
+    metrics = [json.loads(line) for line in (tmp_path / "tools" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["env/turns_mean"] > 1 and m["env/tool_calls_mean"] > 0 for m in metrics)  # several turns each
