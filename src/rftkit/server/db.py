@@ -1,0 +1,140 @@
+"""The service's state in a SQL database (SQLAlchemy; SQLite by default, Postgres by URL).
+
+Everything a restarted server needs is here, nothing only in memory: projects and their
+hashed API keys, uploaded files (bytes under ROOT/files), jobs with their status, config and
+error, and every job's events. Job status moves validating_files -> queued -> running ->
+succeeded | failed | cancelled (and paused); a job is claimed by a worker with a conditional
+UPDATE, so two workers never run the same job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the key: the key itself is never stored
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(40))
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)  # creation order (pagination)
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(30), index=True)
+    method: Mapped[dict] = mapped_column(JSON)
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)  # the rftkit config overrides the job runs with
+    hyperparameters: Mapped[dict] = mapped_column(JSON)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    run_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # who runs it (host:pid)
+    heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(10))  # "message" or "metrics"
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, pool_pre_ping=True, **kwargs)
+        if url.startswith("sqlite"):
+            with self.engine.connect() as conn:  # readers and one writer at once; survives a SIGKILL
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # ---- keys ----------------------------------------------------------------------------------
+    def create_key(self, project: str) -> str:
+        key = "sk-rft-" + secrets.token_urlsafe(32)
+        with self.session.begin() as s:
+            if s.get(Project, project) is None:
+                s.add(Project(name=project, created_at=int(time.time())))
+            s.add(ApiKey(digest=digest(key), project=project, created_at=int(time.time())))
+        return key
+
+    def project_of(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(ApiKey, digest(key))
+            return row.project if row else None
+
+    # ---- events ----------------------------------------------------------------------------------
+    def event(self, s: Session, job_id: str, message: str, level: str = "info", data: dict | None = None) -> None:
+        s.add(Event(id=new_id("ftevent"), job_id=job_id, created_at=int(time.time()), level=level, message=message,
+                    type="metrics" if data else "message", data=data))
+
+    # ---- the queue ---------------------------------------------------------------------------------
+    def claim(self, worker: str, stale_s: float) -> Job | None:
+        """The oldest queued job (or a running one whose worker stopped beating), now this worker's; None if none."""
+        now = time.time()
+        with self.session() as s:
+            candidates = s.scalars(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.seq)).all()
+            for job in candidates:
+                if job.status == "running" and job.heartbeat is not None and now - job.heartbeat < stale_s:
+                    continue  # alive elsewhere
+                taken = s.execute(update(Job).where(Job.id == job.id, Job.status == job.status,
+                                                    Job.worker.is_(job.worker) if job.worker is None else Job.worker == job.worker)
+                                  .values(status="running", worker=worker, heartbeat=now))
+                if taken.rowcount == 1:
+                    self.event(s, job.id, "Fine-tuning job started" if job.status == "queued"
+                               else "Fine-tuning job resumed from its last checkpoint after a restart")
+                    s.commit()
+                    return s.get(Job, job.id)
+                s.rollback()
+        return None
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"

@@ -1,0 +1,143 @@
+"""`rft server` against the official `openai` client: a real server process on localhost, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rftkit", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    keys = {p: rft("server", "keys", "create", "--project", p, "--root", str(root)).stdout.strip() for p in ("alpha", "beta")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rftkit", "server", "start", "--root", str(root), "--port", str(port),
+                             "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield {"url": url, "keys": keys, "root": root}
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def client(server, project: str = "alpha"):
+    return openai.OpenAI(base_url=server["url"], api_key=server["keys"][project], max_retries=0, timeout=30)
+
+
+def wait_for(c, job_id: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status}")
+
+
+GRADER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+          "reference": "{{item.reference_answer}}", "operation": "eq"}
+
+
+def test_a_reinforcement_job_runs_to_succeeded_with_events(server, tmp_path):
+    c = client(server)
+    lines = (EXAMPLES / "train.jsonl").read_text().splitlines()[:32]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    train_file = c.files.create(file=train.open("rb"), purpose="fine-tune")
+    val_file = c.files.create(file=(EXAMPLES / "val.jsonl").open("rb"), purpose="fine-tune")
+    assert train_file.filename == "train.jsonl" and train_file.bytes == train.stat().st_size
+    assert c.files.content(train_file.id).read() == train.read_bytes()
+    job = c.fine_tuning.jobs.create(
+        model="bundled:tiny-arith", training_file=train_file.id, validation_file=val_file.id, suffix="demo",
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": {"batch_size": 4}}},
+        extra_body={"rftkit": {"overrides": ["train.steps=3", "rollout.num_generations=4", "train.micro_batch_size=16",
+                                             "run.eval_interval=3"]}})
+    assert job.status == "validating_files" and job.object == "fine_tuning.job"
+    done = wait_for(c, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:tiny-arith:alpha:demo:{job.id}"
+    events = c.fine_tuning.jobs.list_events(job.id, limit=100).data
+    messages = [e.message for e in events]
+    assert any(m.startswith("Step 3") for m in messages) and "The job has successfully completed" in messages
+    metrics = [e for e in events if e.type == "metrics"]
+    assert {e.data["step"] for e in metrics} == {1, 2, 3}
+    assert [j.id for j in c.fine_tuning.jobs.list(limit=10).data][0] == job.id
+
+
+def test_bad_lines_fail_the_job_at_validation_with_their_numbers(server, tmp_path):
+    c = client(server)
+    bad = tmp_path / "bad.jsonl"
+    good = (EXAMPLES / "train.jsonl").read_text().splitlines()[:3]
+    bad.write_text("\n".join([good[0], '{"messages": "not a list"}', good[1], "{oops", good[2]]) + "\n")
+    f = c.files.create(file=bad.open("rb"), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(model="bundled:tiny-arith", training_file=f.id,
+                                    method={"type": "reinforcement", "reinforcement": {"grader": GRADER}})
+    done = wait_for(c, job.id, 60)
+    assert done.status == "failed"
+    assert done.error.code == "invalid_training_file" and "line 2" in done.error.message and "line 4" in done.error.message
+
+
+def test_keys_projects_and_uploads_are_checked(server, tmp_path):
+    import requests
+
+    url = server["url"]
+    assert requests.get(f"{url}/files", timeout=30).status_code == 401
+    wrong = requests.get(f"{url}/files", headers={"Authorization": "Bearer sk-rft-wrong"}, timeout=30)
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    alpha, beta = client(server, "alpha"), client(server, "beta")
+    mine = alpha.files.create(file=(EXAMPLES / "val.jsonl").open("rb"), purpose="fine-tune")
+    with pytest.raises(openai.NotFoundError):
+        beta.files.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        beta.files.content(mine.id)
+    assert mine.id not in [f.id for f in beta.files.list().data]
+    job = alpha.fine_tuning.jobs.create(model="bundled:tiny-arith", training_file=mine.id,
+                                        method={"type": "reinforcement", "reinforcement": {"grader": GRADER}})
+    with pytest.raises(openai.NotFoundError):
+        beta.fine_tuning.jobs.retrieve(job.id)
+    with pytest.raises(openai.NotFoundError):
+        beta.fine_tuning.jobs.list_events(job.id)
+    alpha.fine_tuning.jobs.cancel(job.id)
+    headers = {"Authorization": f"Bearer {server['keys']['alpha']}"}
+    for name, body, status, code in [("../../etc/passwd", b'{"a": 1}\n', 400, "invalid_file_name"),
+                                     ("big.jsonl", b'{"a": 1}\n' * 200_000, 413, "file_too_large"),
+                                     ("notes.jsonl", b"just some text\n", 400, "invalid_file_format")]:
+        r = requests.post(f"{url}/files", headers=headers, files={"file": (name, body)}, data={"purpose": "fine-tune"},
+                          timeout=30)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (name, r.status_code, r.text[:200])
+    r = requests.post(f"{url}/fine_tuning/jobs", headers=headers, json={"model": "bundled:tiny-arith",
+                                                                    "training_file": "file-nope"}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
+    r = requests.post(f"{url}/fine_tuning/jobs", headers=headers, json={
+        "model": "bundled:tiny-arith", "training_file": mine.id,
+        "method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "no_such_grader"}}}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_grader"
