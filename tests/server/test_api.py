@@ -141,3 +141,31 @@ def test_keys_projects_and_uploads_are_checked(server, tmp_path):
         "model": "bundled:tiny-arith", "training_file": mine.id,
         "method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "no_such_grader"}}}}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_grader"
+
+
+def test_fifty_concurrent_submissions_give_fifty_jobs_that_all_end(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = client(server)
+    f = c.files.create(file=(EXAMPLES / "val.jsonl").open("rb"), purpose="fine-tune")
+
+    def submit(i):
+        return client(server).fine_tuning.jobs.create(
+            model="bundled:tiny-arith", training_file=f.id, suffix=f"n{i}",
+            method={"type": "reinforcement", "reinforcement": {"grader": GRADER}}).id
+
+    with ThreadPoolExecutor(50) as pool:
+        ids = list(pool.map(submit, range(50)))
+    assert len(set(ids)) == 50
+    with ThreadPoolExecutor(50) as pool:  # end them: cancel what has not ended by itself
+        list(pool.map(lambda j: c.fine_tuning.jobs.cancel(j) if c.fine_tuning.jobs.retrieve(j).status not in
+                      ("succeeded", "failed", "cancelled") else None, ids))
+    listed, after = [], None
+    while True:  # paginated, newest first
+        page = c.fine_tuning.jobs.list(limit=20, **({"after": after} if after else {}))
+        listed += [j for j in page.data if j.id in set(ids)]
+        if not page.has_more:
+            break
+        after = page.data[-1].id
+    assert sorted(j.id for j in listed) == sorted(ids)
+    assert all(j.status in ("succeeded", "failed", "cancelled") for j in listed)

@@ -161,8 +161,8 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
             raise ApiError(400, "rftkit.overrides: a list of key=value strings", "invalid_overrides", "rftkit.overrides")
         job_id = new_id("ftjob")
         with db.session.begin() as s:
-            seq = (s.scalar(select(Job.seq).order_by(Job.seq.desc()).limit(1)) or 0) + 1
-            job = Job(id=job_id, project=who, seq=seq, model=model, status="validating_files", method=method,
+            # seq: creation order without a read-then-write race between concurrent submissions
+            job = Job(id=job_id, project=who, seq=time.time_ns(), model=model, status="validating_files", method=method,
                       training_file=body["training_file"], validation_file=body.get("validation_file"),
                       suffix=body.get("suffix"), seed=int(body.get("seed") or 0), config={"overrides": overrides},
                       hyperparameters=body.get("hyperparameters") or {}, run_dir=str(runs_dir / job_id),

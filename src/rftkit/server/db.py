@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import time
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, select, update
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -51,7 +51,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
-    seq: Mapped[int] = mapped_column(Integer, index=True)  # creation order (pagination)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)  # creation order (pagination): time.time_ns()
     model: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(30), index=True)
     method: Mapped[dict] = mapped_column(JSON)
@@ -118,7 +118,8 @@ class Database:
         with self.session() as s:
             candidates = s.scalars(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.seq)).all()
             for job in candidates:
-                if job.status == "running" and job.heartbeat is not None and now - job.heartbeat < stale_s:
+                if job.status == "running" and job.heartbeat is not None and now - job.heartbeat < stale_s \
+                        and not _gone(job.worker):
                     continue  # alive elsewhere
                 taken = s.execute(update(Job).where(Job.id == job.id, Job.status == job.status,
                                                     Job.worker.is_(job.worker) if job.worker is None else Job.worker == job.worker)
@@ -130,6 +131,23 @@ class Database:
                     return s.get(Job, job.id)
                 s.rollback()
         return None
+
+
+def _gone(worker: str | None) -> bool:
+    """A worker on this machine whose process no longer exists (a server killed and started again)."""
+    import os
+    import socket
+
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def digest(key: str) -> str:

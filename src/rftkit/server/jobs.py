@@ -139,7 +139,8 @@ class Runner:
             cmd = [sys.executable, "-m", "rftkit", "train", *job_overrides(job, train.path, val.path if val else None, n_items),
                    "--quiet"]
         log = open(run_dir.parent / f"{job.id}.log", "a")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         self.procs[job.id] = proc
         seen = _metric_lines(run_dir)
         try:
@@ -196,6 +197,17 @@ class Runner:
                                       "cancelled": "The job was cancelled"}[status] + (f": {error['message']}" if error else ""),
                           "error" if status == "failed" else "info")
             s.commit()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a SIGKILLed server takes its training runs with it (Linux), so the next server
+    resumes each job from its checkpoint instead of racing an orphan for its run directory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _metric_lines(run_dir: Path) -> int:
