@@ -168,3 +168,14 @@ def test_a_formula_nested_thousands_deep_is_a_parse_error_with_exit_2(tmp_path):
                                 "graders": {"a": {"type": "answer_match"}}}))
     done = run_cli("grader", "validate", str(path), timeout=120)
     assert done.returncode == 2 and "formula_parse_error" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_run_takes_any_json_object_as_the_item_as_openai_does(tmp_path):
+    grader = tmp_path / "g.json"
+    grader.write_text(json.dumps({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                                  "reference": "{{item.reference_answer}}", "operation": "eq"}))
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps({"reference_answer": "42"}))  # OpenAI's own example: no messages
+    got = json.loads(run_cli("grader", "run", str(grader), "--item", str(item), "--output", "42", "--json").stdout)
+    assert got["reward"] == 1.0 and got["errors"] == []
+    assert json.loads(run_cli("grader", "run", str(grader), "--item", str(item), "--output", "41", "--json").stdout)["reward"] == 0.0

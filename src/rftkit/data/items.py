@@ -225,8 +225,15 @@ def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool
     return report.items
 
 
-def item_from_row(row: Any, where: str, require_reference: bool = False) -> Item:
-    """One Item from an already-parsed JSON row (e.g. `rft grader run --item ITEM.json`)."""
+def item_from_row(row: Any, where: str, require_reference: bool = False, any_object: bool = False) -> Item:
+    """One Item from an already-parsed JSON row (e.g. `rft grader run --item ITEM.json`).
+
+    `any_object`: as OpenAI's grader endpoints take it, any JSON object is an item (their own
+    examples send `{"reference_answer": "..."}`): without `messages` it is an item with no
+    conversation, its fields reaching the grader as `item.<field>`."""
+    if any_object and isinstance(row, dict) and "messages" not in row:
+        item_id = row.get("id", "item")
+        return Item(id=str(item_id), messages=[], reference_answer=_reference(row), metadata=_metadata(row))
     item, faults = _check_row(row, 1, {}, require_reference)
     if item is None:
         raise UserError(f"{where}: not a valid item: " + "; ".join(faults))

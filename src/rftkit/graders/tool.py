@@ -35,7 +35,7 @@ def read_item(path: Path) -> Item:
         row = json.loads(text) if path.suffix.lower() in (".json", ".jsonl") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: not valid JSON: {exc}") from None
-    return item_from_row(row, str(path))
+    return item_from_row(row, str(path), any_object=True)
 
 
 def load_grader(path: str) -> Grader:
