@@ -169,3 +169,32 @@ def test_fifty_concurrent_submissions_give_fifty_jobs_that_all_end(server):
         after = page.data[-1].id
     assert sorted(j.id for j in listed) == sorted(ids)
     assert all(j.status in ("succeeded", "failed", "cancelled") for j in listed)
+
+
+def test_graders_run_and_validate_take_openai_shaped_requests(server):
+    c = client(server)
+    ok = c.fine_tuning.alpha.graders.run(grader=GRADER, model_sample="42", item={"reference_answer": "42"})
+    assert ok.reward == 1.0
+    assert c.fine_tuning.alpha.graders.run(grader=GRADER, model_sample="41", item={"reference_answer": "42"}).reward == 0.0
+    assert c.fine_tuning.alpha.graders.validate(grader=GRADER).grader.type == "string_check"
+    with pytest.raises(openai.BadRequestError) as bad:
+        c.fine_tuning.alpha.graders.validate(grader={"type": "string_check", "name": "x", "operation": "nope"})
+    assert bad.value.status_code == 400
+
+
+def test_a_job_lists_its_checkpoints_with_their_metrics(server, tmp_path):
+    c = client(server)
+    f = c.files.create(file=(EXAMPLES / "val.jsonl").open("rb"), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(
+        model="bundled:tiny-arith", training_file=f.id, suffix="ck",
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": {"batch_size": 4}}},
+        extra_body={"rftkit": {"overrides": ["train.steps=4", "rollout.num_generations=4", "train.micro_batch_size=16",
+                                             "run.checkpoint_interval=2"]}})
+    assert wait_for(c, job.id).status == "succeeded"
+    checkpoints = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [k.step_number for k in checkpoints] == [4, 2]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"ft:tiny-arith:alpha:ck:{job.id}:ckpt-step-4"
+    metrics = checkpoints[0].metrics.to_dict()
+    assert metrics["step"] == 4 and 0 <= metrics["train_mean_reward"] <= 1 and "critic/rewards/mean" in metrics
+    with pytest.raises(openai.NotFoundError):
+        client(server, "beta").fine_tuning.jobs.checkpoints.list(job.id)

@@ -66,8 +66,12 @@ def describe(grader: Grader, depth: int = 0) -> list[str]:
 
 def run(path: str, item: Item, output: str, timeout_s: float = 30.0) -> dict[str, Any]:
     """Grade one output; the result has `reward`, `sub_rewards`, `errors` and `latency_s`."""
-    grader = load_grader(path)
-    problems = grader_problems(grader, item, path)
+    return run_grader(load_grader(path), item, output, timeout_s, path)
+
+
+def run_grader(grader: Grader, item: Item, output: str, timeout_s: float = 30.0, where: str = "grader") -> dict[str, Any]:
+    """`run` for a grader already built (the service's graders/run endpoint builds it from JSON)."""
+    problems = grader_problems(grader, item, where)
     if problems:
         raise ConfigError("the grader does not fit this item:\n  " + "\n  ".join(problems))
     executor = ThreadGraderExecutor(grader, timeout_s=timeout_s, step_budget_s=timeout_s * 4)

@@ -126,12 +126,7 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
     # ---- jobs -------------------------------------------------------------------------------------
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request, who: str = Depends(project)):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "the request body is not JSON", "invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+        body = await json_body(request)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model: required (e.g. bundled:tiny-arith or a Hugging Face folder)", "missing", "model")
@@ -148,13 +143,7 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
             raise ApiError(400, "method.reinforcement.grader: required", "missing", "method.reinforcement.grader")
         grader = (method.get("reinforcement") or {}).get("grader")
         if grader is not None:
-            from rftkit.errors import UserError
-            from rftkit.graders import build_grader
-
-            try:
-                build_grader(grader, "method.reinforcement.grader")
-            except UserError as exc:
-                raise ApiError(400, str(exc), "invalid_grader", "method.reinforcement.grader") from None
+            built_grader(grader, "method.reinforcement.grader")
         extension = body.get("rftkit") or {}
         overrides = extension.get("overrides", []) if isinstance(extension, dict) else []
         if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
@@ -210,6 +199,88 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
                     query = query.where(Event.seq < anchor.seq)
             rows = s.scalars(query.limit(limit + 1)).all()
         return {"object": "list", "data": [event_object(e) for e in rows[:limit]], "has_more": len(rows) > limit}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    def job_checkpoints(job_id: str, limit: int = 10, who: str = Depends(project)):
+        """The run's kept checkpoints, newest first, with the metrics of their step (OpenAI's job checkpoint)."""
+        job = owned_job(job_id, who)
+        run = Path(job.run_dir)
+        by_step = {}
+        if (run / "metrics.jsonl").exists():
+            for line in (run / "metrics.jsonl").read_text().splitlines():
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                values = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                named = {"train_mean_reward": values.get("critic/rewards/mean"), "train_loss": values.get("train/loss"),
+                         "valid_mean_reward": values.get("val/reward_mean"), "valid_loss": values.get("val/loss")}
+                by_step[m.get("step")] = {**values, **{k: v for k, v in named.items() if v is not None}}  # OpenAI's names too
+        found = []
+        for folder in (run / "checkpoints").glob("step-*") if (run / "checkpoints").exists() else []:
+            if folder.name.removeprefix("step-").isdigit() and (folder / "manifest.json").exists():
+                found.append((int(folder.name.removeprefix("step-")), folder))
+        found.sort(reverse=True)
+        base = f"ft:{job.model.removeprefix('bundled:')}:{job.project}:{job.suffix or ''}:{job.id}"
+        data = [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "object": "fine_tuning.job.checkpoint",
+                 "created_at": int(folder.stat().st_mtime), "fine_tuned_model_checkpoint": f"{base}:ckpt-step-{step}",
+                 "fine_tuning_job_id": job.id, "metrics": by_step.get(step, {}), "step_number": step}
+                for step, folder in found[: max(1, min(limit, 100))]]
+        return {"object": "list", "data": data, "has_more": len(found) > len(data),
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    # ---- graders (OpenAI's alpha graders API) ------------------------------------------------------
+    @app.post("/v1/fine_tuning/alpha/graders/run")
+    async def run_grader(request: Request, who: str = Depends(project)):
+        body = await json_body(request)
+        grader = built_grader(body.get("grader"))
+        sample = body.get("model_sample")
+        if not isinstance(sample, str):
+            raise ApiError(400, "model_sample: the model's output, a string", "invalid_model_sample", "model_sample")
+        item = body.get("item", {})
+        if not isinstance(item, dict):
+            raise ApiError(400, "item: a JSON object (any fields; the grader reads them as item.<field>)", "invalid_item",
+                           "item")
+        from rftkit.data.items import item_from_row
+        from rftkit.errors import UserError
+        from rftkit.graders.tool import run_grader as grade
+
+        try:
+            result = grade(grader, item_from_row(item, "item", any_object=True), sample, 30.0, "grader")
+        except UserError as exc:
+            raise ApiError(400, str(exc), "invalid_grader", "grader") from None
+        errors = {"other_error": bool(result["errors"])}
+        return {"reward": result["reward"], "sub_rewards": result["sub_rewards"],
+                "metadata": {"name": getattr(grader, "name", ""), "type": body["grader"].get("type"), "errors": errors,
+                             "error_messages": result["errors"], "execution_time": result["latency_s"],
+                             "scores": result["sub_rewards"], "token_usage": None, "sampled_model_name": None},
+                "model_grader_token_usage_per_model": {}}
+
+    @app.post("/v1/fine_tuning/alpha/graders/validate")
+    async def validate_grader(request: Request, who: str = Depends(project)):
+        body = await json_body(request)
+        built_grader(body.get("grader"))
+        return {"grader": body["grader"]}
+
+    async def json_body(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "the request body is not JSON", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+        return body
+
+    def built_grader(spec, where: str = "grader"):
+        if not isinstance(spec, dict):
+            raise ApiError(400, f"{where}: a grader object with a `type`", "invalid_grader", where)
+        from rftkit.errors import UserError
+        from rftkit.graders import build_grader
+
+        try:
+            return build_grader(spec, where)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "invalid_grader", where) from None
 
     def owned_job(job_id: str, who: str) -> Job:
         with db.session() as s:
