@@ -16,12 +16,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    yield ray
-    ray.shutdown()
-
 
 def config(run_dir, steps: int, k: int = 1, *extra: str):
     return load_config(EXAMPLES / "grpo.yaml", [

@@ -15,12 +15,6 @@ from tests.conftest import BUNDLED
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    yield ray
-    ray.shutdown()
-
 
 def policy() -> LocalPolicy:
     torch.manual_seed(0)

@@ -21,12 +21,6 @@ ray = pytest.importorskip("ray")  # the test extra installs it; the default inst
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    yield ray
-    ray.shutdown()
-
 
 def rewards(run_dir) -> list[float]:
     return [json.loads(line)["critic/rewards/mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -107,9 +107,9 @@ class Runner:
                 for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
                     if not file_id:
                         continue
-                    f = s.get(File, file_id)
-                    report = validate_file(f.path, require_reference=job.method.get("type") == "reinforcement"
-                                           and _needs_reference(job)) if job.method.get("type") == "reinforcement" else None
+                    f = s.get(File, file_id)  # Items for RFT; SFT/DPO rows are checked when their run loads them
+                    report = (validate_file(f.path, require_reference=_needs_reference(job))
+                              if job.method.get("type") == "reinforcement" else None)
                     if report is not None and report.problems:
                         shown = "; ".join(f"line {p.line}: {p.reason}" for p in report.problems[:5])
                         more = f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""
