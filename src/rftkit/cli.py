@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from rftkit.errors import UserError
-from rftkit.server.commands import server_app  # FastAPI loads only when a server command runs
+from rftkit.server.commands import models_app, serve, server_app  # FastAPI loads only when one of them runs
 
 app = typer.Typer(help="rftkit: reinforcement fine-tuning for language models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -28,6 +28,8 @@ app.add_typer(grader_app, name="grader")
 app.add_typer(config_app, name="config")
 app.add_typer(env_app, name="env")
 app.add_typer(server_app, name="server")
+app.add_typer(models_app, name="models")
+app.command("serve")(serve)
 err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by the `rft eval` commands: defined once so their names, defaults and help agree.

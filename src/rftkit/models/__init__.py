@@ -73,6 +73,25 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     return model.to(device)
 
 
+
+def load_checkpoint_model(base: str, weights_file: str | Path, lora: dict | None = None):
+    """A policy checkpoint's model: `base` (the run's starting model) with the checkpoint's trained weights
+    (RUN_DIR/checkpoints/step-N/weights.safetensors: all weights, or a LoRA adapter's, merged here). `lora`: the
+    run's `lora` config (rank, alpha, dropout, target_modules) when it trained an adapter."""
+    from safetensors.torch import load_file
+
+    model = load_model(base)
+    if lora:
+        model = apply_lora(model, lora["rank"], lora["alpha"], lora.get("dropout", 0.0), lora["target_modules"])
+    weights = load_file(str(weights_file))
+    unknown = set(weights) - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise UserError(f"{weights_file}: the checkpoint does not fit {base} (unexpected {sorted(unknown)[:3]})")
+    with torch.no_grad():
+        model.load_state_dict(weights, strict=False)
+    return model.merge_and_unload() if lora else model
+
+
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str] | str, task_type: str = "CAUSAL_LM",
                modules_to_save: list[str] | None = None):
     """Wrap `model` in a LoRA adapter; `modules_to_save` are trained in full (e.g. a reward model's new score head)."""

@@ -147,7 +147,7 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary, c
 
 @torch.no_grad()
 def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_tokens: int, warper, stop_ids: list[int],
-                  pad_id: int, do_sample: bool = True, keep: list | None = None) -> torch.Tensor:
+                  pad_id: int, do_sample: bool = True, keep: list | None = None, on_token=None) -> torch.Tensor:
     """Generated ids [B, <= max_new_tokens] after the prompts, pad after a row's stop token.
 
     input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
@@ -164,6 +164,9 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
     `keep` (a list, C kernel only): filled with each row's keys and values after the loop,
     `[(K, V) per layer]` of its prompt and every token it fed ([Hkv, n, D] each), so the next
     turn of a multi-turn episode need not prefill them again (rollout/turncache.py).
+
+    `on_token(rows, tokens)`, when given, is called after every step with the batch rows that had
+    not stopped and the token each drew (its stop token included): a server streams replies from it.
     """
     inner, head = decoder_parts(model)
     batch, width = input_ids.shape
@@ -192,6 +195,8 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
             nxt = (probs / (noise if len(rows) == batch else noise[rows])).argmax(-1)  # [b]
         else:
             nxt = scores.argmax(-1)
+        if on_token is not None:
+            on_token(rows[~done].tolist(), nxt[~done].tolist())
         nxt = nxt.masked_fill(done, pad_id)
         generated[rows, step] = nxt
         done |= torch.isin(nxt, stops)

@@ -114,19 +114,24 @@ class HFEngine:
         return [Group(item=item, prompt_ids=prompts[i], completions=completions[i * n : (i + 1) * n]) for i, item in enumerate(items)]
 
     @torch.no_grad()
-    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False) -> list[Completion]:
+    def generate_from_ids(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False,
+                          on_token=None) -> list[Completion]:
         """One completion per prompt given as token ids (the next turn of each live episode, agents/rollout.py).
 
         `reuse`: prompts that extend an earlier call's prompt + completion start from the keys and
-        values kept from that call (rollout/turncache.py; C kernel only), so only the new ids are prefilled."""
+        values kept from that call (rollout/turncache.py; C kernel only), so only the new ids are prefilled.
+        `on_token(rows, tokens)`: called as tokens are drawn (rows index `prompts`), on our decode loop's path
+        only (`self.lean`); a server streams from it (server/serving.py)."""
         completions: list[Completion] = []
         if reuse:
             self.turns.keep_only(prompts)  # what earlier turns kept for episodes that have ended
         for start in range(0, len(prompts), self.batch_size):
-            completions += self._generate_rows(prompts[start : start + self.batch_size], sampling, reuse)
+            shifted = None if on_token is None else (lambda rows, tokens, at=start: on_token([r + at for r in rows], tokens))
+            completions += self._generate_rows(prompts[start : start + self.batch_size], sampling, reuse, shifted)
         return completions
 
-    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False) -> list[Completion]:
+    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingParams, reuse: bool = False,
+                       on_token=None) -> list[Completion]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)  # [B, P]
@@ -144,7 +149,7 @@ class HFEngine:
             else:
                 cache, group = self._distinct_prefill(prompts, input_ids, attention)
             new = sample_tokens(self.model, input_ids, attention, cache, group, sampling.max_new_tokens, warper,
-                                self.stop_ids, self.pad_id, do_sample=sample, keep=keep).tolist()
+                                self.stop_ids, self.pad_id, do_sample=sample, keep=keep, on_token=on_token).tolist()
             if keep:
                 self.turns.store(prompts, new, keep)
             self.model.train(was_training)

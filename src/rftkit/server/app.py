@@ -2,7 +2,9 @@
 `base_url="http://HOST:PORT/v1"`.
 
 Every endpoint needs `Authorization: Bearer <key>` (`rft server keys create --project NAME`); a
-project sees only its own files and jobs (another project's id is a 404, as an unknown one).
+project sees only its own files, jobs, events and models (another project's id is a 404, as an
+unknown one). `/v1/models` and `/v1/chat/completions` serve the bundled models, the registry's
+tuned models and their checkpoints (server/serving.py batches concurrent requests).
 Errors are OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, never a
 traceback: a handler for every exception turns the unexpected into a 500 with a message.
 """
@@ -20,7 +22,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rftkit.server.db import TERMINAL, Database, Event, File, Job, new_id
+from rftkit.server.dashboard import add_dashboard
+from rftkit.server.db import TERMINAL, Database, Event, File, Job, Model, new_id
+from rftkit.server.registry import base_model_names, base_object, model_object, models_of, served_model, tuned_name
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._ -]{1,255}$")
 
@@ -36,8 +40,13 @@ def error_body(message: str, kind: str, code: str | None = None, param: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAPI:
-    app = FastAPI(title="rftkit fine-tuning service", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(db: Database, root: Path, max_upload_mb: float = 512.0, max_model_memory_mb: float = 4096.0) -> FastAPI:
+    from rftkit.server.serving import Batcher, ModelPool, add_chat_routes
+
+    batcher = Batcher(ModelPool(int(max_model_memory_mb * 2**20)))
+    app = FastAPI(title="rftkit fine-tuning service", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_closing(batcher))
+    app.state.batcher = batcher
     files_dir, runs_dir = root / "files", root / "runs"
     files_dir.mkdir(parents=True, exist_ok=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +196,28 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
             db.event(s, job.id, "The job was cancelled")
         return job_object(owned_job(job_id, who))
 
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause_job(job_id: str, who: str = Depends(project)):
+        """A running job checkpoints and stops (its run gets SIGINT); a queued one stays unclaimed."""
+        return job_object(move(job_id, who, ("validating_files", "queued", "running"), "paused",
+                               "The job was paused", "job_not_pausable"))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume_job(job_id: str, who: str = Depends(project)):
+        """A paused job is queued again and continues from its last checkpoint."""
+        return job_object(move(job_id, who, ("paused",), "queued", "The job was resumed", "job_not_resumable"))
+
+    def move(job_id: str, who: str, sources: tuple, target: str, message: str, code: str) -> Job:
+        job = owned_job(job_id, who)
+        with db.session.begin() as s:
+            row = s.get(Job, job.id, with_for_update=True)
+            if row.status not in sources:
+                raise ApiError(400, f"the job is {row.status}: only a {' or '.join(sources)} job can be "
+                                    f"{'paused' if target == 'paused' else 'resumed'}", code, "job_id")
+            row.status = target
+            db.event(s, job.id, message)
+        return owned_job(job_id, who)
+
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     def job_events(job_id: str, after: str | None = None, limit: int = 20, who: str = Depends(project)):
         owned_job(job_id, who)
@@ -221,7 +252,7 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
             if folder.name.removeprefix("step-").isdigit() and (folder / "manifest.json").exists():
                 found.append((int(folder.name.removeprefix("step-")), folder))
         found.sort(reverse=True)
-        base = f"ft:{job.model.removeprefix('bundled:')}:{job.project}:{job.suffix or ''}:{job.id}"
+        base = tuned_name(job)
         data = [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "object": "fine_tuning.job.checkpoint",
                  "created_at": int(folder.stat().st_mtime), "fine_tuned_model_checkpoint": f"{base}:ckpt-step-{step}",
                  "fine_tuning_job_id": job.id, "metrics": by_step.get(step, {}), "step_number": step}
@@ -282,6 +313,40 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
         except UserError as exc:
             raise ApiError(400, str(exc), "invalid_grader", where) from None
 
+    # ---- models: the registry, and chat completions for base, tuned and checkpoint models ------------------
+    def lookup(name: str, who: str) -> tuple[str, str]:
+        found = served_model(db, root, name, who)
+        if found is None:
+            raise ApiError(404, f"no such model: {name} (GET /v1/models lists them)", "model_not_found", "model")
+        return found
+
+    def listing(who: str) -> list[dict]:
+        return [base_object(b) for b in base_model_names(db, who)] + [model_object(m) for m in models_of(db, who)]
+
+    add_chat_routes(app, batcher, lookup, listing, project, ApiError)
+
+    @app.get("/v1/models/{model_id}")
+    def get_model(model_id: str, who: str = Depends(project)):
+        if model_id in base_model_names(db, who):
+            return base_object(model_id)
+        return model_object(owned_model(model_id, who))
+
+    @app.delete("/v1/models/{model_id}")
+    def delete_model(model_id: str, who: str = Depends(project)):
+        """Removes the model from the registry (and from memory); its run directory stays on disk."""
+        row = owned_model(model_id, who)
+        with db.session.begin() as s:
+            s.delete(s.get(Model, row.id))
+        batcher.pool.drop(row.id)
+        return {"id": row.id, "object": "model", "deleted": True}
+
+    def owned_model(model_id: str, who: str) -> Model:
+        with db.session() as s:
+            row = s.get(Model, model_id)
+        if row is None or row.project != who:
+            raise ApiError(404, f"no such model: {model_id}", "model_not_found", "model")
+        return row
+
     def owned_job(job_id: str, who: str) -> Job:
         with db.session() as s:
             row = s.get(Job, job_id)
@@ -289,7 +354,19 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0) -> FastAP
             raise ApiError(404, f"no such fine-tuning job: {job_id}", "job_not_found", "job_id")
         return row
 
+    add_dashboard(app, db, project, owned_job)
     return app
+
+
+def _closing(batcher):
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    return lifespan
 
 
 def _check_jsonl(data: bytes) -> None:

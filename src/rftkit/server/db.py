@@ -2,7 +2,7 @@
 
 Everything a restarted server needs is here, nothing only in memory: projects and their
 hashed API keys, uploaded files (bytes under ROOT/files), jobs with their status, config and
-error, and every job's events. Job status moves validating_files -> queued -> running ->
+error, every job's events, and the registry of tuned models. Job status moves validating_files -> queued -> running ->
 succeeded | failed | cancelled (and paused); a job is claimed by a worker with a conditional
 UPDATE, so two workers never run the same job.
 """
@@ -80,6 +80,24 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text)
     type: Mapped[str] = mapped_column(String(10))  # "message" or "metrics"
     data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Model(Base):
+    """The registry: one row per tuned model (a finished job's final/ folder), with where it came from and how it did."""
+
+    __tablename__ = "models"
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # ft:<base>:<project>:<suffix>:<job id>
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    base: Mapped[str] = mapped_column(String(200))  # the job's `model`
+    created_at: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # the Hugging Face folder (RUN_DIR/final)
+    run_dir: Mapped[str] = mapped_column(Text)
+    lineage: Mapped[list] = mapped_column(JSON)  # RUN_DIR/lineage.json: base -> SFT -> RFT
+    final_metrics: Mapped[dict] = mapped_column(JSON)  # the last step's metrics
+    best_metrics: Mapped[dict] = mapped_column(JSON)  # per metric, its best value and step
+    evaluation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # `rft eval compare` vs the base, on the validation file
+    report: Mapped[str | None] = mapped_column(Text, nullable=True)  # RUN_DIR/report.html
 
 
 class Database:

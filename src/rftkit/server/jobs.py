@@ -24,10 +24,13 @@ import time
 from pathlib import Path
 
 from rftkit.data.items import validate_file
+from rftkit.data.rows import ROW_KINDS as _ROWS
 from rftkit.server.db import TERMINAL, Database, File, Job
+from rftkit.server.registry import register, tuned_name
 
 HEARTBEAT_S = 2.0
 STALE_S = 15.0  # a running job whose worker has not beaten for this long is taken over
+ROW_KINDS = {"supervised": _ROWS["sft"], "dpo": _ROWS["dpo"]}  # what a job's files hold (Items otherwise)
 BASE_LR = {"reinforcement": 2e-4, "supervised": 5e-4, "dpo": 5e-5}  # learning_rate_multiplier multiplies these
 
 
@@ -73,6 +76,7 @@ class Runner:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, name=f"job-worker-{i}", daemon=True) for i in range(workers)]
         self.procs: dict[str, subprocess.Popen] = {}
+        self.pausing: set[str] = set()  # jobs whose run was sent SIGINT to pause
 
     def start(self) -> None:
         for t in self.threads:
@@ -107,14 +111,15 @@ class Runner:
                 for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
                     if not file_id:
                         continue
-                    f = s.get(File, file_id)  # Items for RFT; SFT/DPO rows are checked when their run loads them
-                    report = (validate_file(f.path, require_reference=_needs_reference(job))
-                              if job.method.get("type") == "reinforcement" else None)
-                    if report is not None and report.problems:
+                    f = s.get(File, file_id)  # Items for RFT, chat rows for SFT, preference pairs for DPO
+                    kind = job.method.get("type")
+                    report = validate_file(f.path, require_reference=_needs_reference(job),
+                                           check_row=ROW_KINDS[kind] if kind in ROW_KINDS else None)
+                    if report.problems:
                         shown = "; ".join(f"line {p.line}: {p.reason}" for p in report.problems[:5])
                         more = f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""
                         problems.append((param, f"{f.filename}: {shown}{more}", [p.line for p in report.problems]))
-                    elif report is not None and not report.items:
+                    elif not report.items:
                         problems.append((param, f"{f.filename}: no items (the file is empty)", []))
                 if problems:
                     param, message, lines = problems[0]
@@ -151,16 +156,18 @@ class Runner:
             proc.wait(timeout=120) if self.stop.is_set() else None
         finally:
             self.procs.pop(job.id, None)
+            self.pausing.discard(job.id)
             log.close()
         self._beat(job, run_dir, seen, proc)
         if self.stop.is_set():
             return  # the server is stopping: the job stays `running` and is resumed by the next server
         with self.db.session() as s:
             status = s.get(Job, job.id).status
-        if status == "cancelled":
-            return
+        if status in ("cancelled", "paused", "queued"):
+            return  # paused: the run checkpointed on SIGINT; resumed (queued) before it stopped: claimed again
         if proc.returncode == 0:
-            model = f"ft:{job.model.removeprefix('bundled:')}:{job.project}:{job.suffix or ''}:{job.id}"
+            model = tuned_name(job)
+            register(self.db, job, model, val.path if val else None, self.root)
             self._finish(job.id, "succeeded", None, model)
         else:
             tail = (run_dir.parent / f"{job.id}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -181,10 +188,13 @@ class Runner:
                 self.db.event(s, job.id, f"Step {m.get('step')}" + (f": {reward:.4f}" if isinstance(reward, float) else ""),
                               data={"step": m.get("step"), **{k: v for k, v in m.items() if isinstance(v, (int, float))}})
                 seen += 1
-            cancelled = row.status == "cancelled"
+            status = row.status
             s.commit()
-        if cancelled and proc.poll() is None:
+        if status == "cancelled" and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        elif status == "paused" and proc.poll() is None and job.id not in self.pausing:
+            proc.send_signal(signal.SIGINT)  # `rft train` checkpoints and exits; resume continues from there
+            self.pausing.add(job.id)
         return seen
 
     def _finish(self, job_id: str, status: str, error: dict | None, model: str | None = None) -> None:
