@@ -208,6 +208,26 @@ def test_lean_decode_drops_finished_rows_and_still_samples_what_generate_samples
     assert len({len(t) for t in lean}) > 3  # rows really did stop at different steps
 
 
+
+def test_on_token_sees_every_token_as_it_is_drawn_and_does_not_change_them(attention_kernel):
+    # A server streams replies from on_token (server/serving.py): per row, the tokens it reports are
+    # the completion's, in order, across the engine's batch chunks (batch_size 5 of 12 rows).
+    model, tok = load_model("bundled:tiny-arith"), load_tokenizer("bundled:tiny-arith")
+    prompts = [tok(f"What is {i} + 3?").input_ids for i in range(6) for _ in range(2)]
+    sampling = SamplingParams(max_new_tokens=30)
+    torch.manual_seed(3)
+    plain = HFEngine(model, tok, batch_size=5).generate_from_ids(prompts, sampling)
+    seen: dict[int, list[int]] = {}
+    steps = []
+    torch.manual_seed(3)
+    streamed = HFEngine(model, tok, batch_size=5).generate_from_ids(
+        prompts, sampling, on_token=lambda rows, tokens: (steps.append(len(rows)),
+                                                          [seen.setdefault(r, []).append(t) for r, t in zip(rows, tokens)]))
+    assert [c.token_ids for c in streamed] == [c.token_ids for c in plain]
+    assert [seen[r] for r in range(len(prompts))] == [c.token_ids for c in streamed]
+    assert len(steps) > 10 and min(steps) < max(steps)  # called each step, for the rows still going
+
+
 def test_lean_decode_is_skipped_for_models_it_does_not_know(toy):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -43,6 +43,8 @@ def server(tmp_path_factory):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"rft server start exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
             time.sleep(0.2)
     yield {"url": url, "keys": keys, "root": root}
     proc.terminate()
@@ -91,6 +93,34 @@ def test_a_reinforcement_job_runs_to_succeeded_with_events(server, tmp_path):
     metrics = [e for e in events if e.type == "metrics"]
     assert {e.data["step"] for e in metrics} == {1, 2, 3}
     assert [j.id for j in c.fine_tuning.jobs.list(limit=10).data][0] == job.id
+    assert any(m.startswith("Validation pass@1: base") for m in messages)  # the registry's eval compare
+
+    # the registry: lineage, final and best metrics, the evaluation against the base, the report
+    tuned = done.fine_tuned_model
+    listed = {m.id: m for m in c.models.list().data}
+    assert "bundled:tiny-arith" in listed and tuned in listed
+    entry = c.models.retrieve(tuned).to_dict()["rftkit"]
+    assert entry["job_id"] == job.id and entry["base"] == "bundled:tiny-arith" and entry["report"] is True
+    assert [step["algorithm"] for step in entry["lineage"]] == ["grpo"]
+    assert entry["final_metrics"]["step"] == 3 and "critic/rewards/mean" in entry["best_metrics"]
+    pass1 = entry["evaluation"]["metrics"]["pass@1"]
+    assert entry["evaluation"]["n_items"] == 100 and 0 <= pass1["base"] <= 1 and 0 <= pass1["tuned"] <= 1
+    shown = rft("models", "list", "--root", str(server["root"]))
+    assert shown.returncode == 0 and tuned in shown.stdout, shown.stderr
+    assert json.loads(rft("models", "show", tuned, "--root", str(server["root"])).stdout)["rftkit"]["job_id"] == job.id
+
+    # the tuned model answers chat completions, streamed too; another project cannot see it
+    question = [{"role": "user", "content": "What is 12 + 30?"}]
+    reply = c.chat.completions.create(model=tuned, messages=question, max_tokens=24, temperature=0)
+    assert reply.model == tuned and reply.choices[0].message.content
+    chunks = list(c.chat.completions.create(model=tuned, messages=question, max_tokens=24, temperature=0, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == reply.choices[0].message.content
+    beta = client(server, "beta")
+    with pytest.raises(openai.NotFoundError):
+        beta.models.retrieve(tuned)
+    with pytest.raises(openai.NotFoundError):
+        beta.chat.completions.create(model=tuned, messages=question)
+    assert tuned not in [m.id for m in beta.models.list().data]
 
 
 def test_bad_lines_fail_the_job_at_validation_with_their_numbers(server, tmp_path):
@@ -198,3 +228,73 @@ def test_a_job_lists_its_checkpoints_with_their_metrics(server, tmp_path):
     assert metrics["step"] == 4 and 0 <= metrics["train_mean_reward"] <= 1 and "critic/rewards/mean" in metrics
     with pytest.raises(openai.NotFoundError):
         client(server, "beta").fine_tuning.jobs.checkpoints.list(job.id)
+    earlier = c.chat.completions.create(model=checkpoints[1].fine_tuned_model_checkpoint, max_tokens=16,
+                                        messages=[{"role": "user", "content": "What is 2 + 2?"}])
+    assert earlier.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        client(server, "beta").chat.completions.create(model=checkpoints[1].fine_tuned_model_checkpoint, max_tokens=4,
+                                                       messages=[{"role": "user", "content": "What is 2 + 2?"}])
+
+
+def test_pause_checkpoints_the_run_and_resume_continues_it(server):
+    c = client(server)
+    f = c.files.create(file=(EXAMPLES / "val.jsonl").open("rb"), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(
+        model="bundled:tiny-arith", training_file=f.id, suffix="pause",
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": {"batch_size": 4}}},
+        extra_body={"rftkit": {"overrides": ["train.steps=12", "rollout.num_generations=4", "train.micro_batch_size=16",
+                                             "run.checkpoint_interval=50"]}})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not [e for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data
+                                               if e.type == "metrics"]:
+        time.sleep(0.3)
+    assert c.fine_tuning.jobs.pause(job.id).status == "paused"
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.pause(job.id)
+    run = Path(server["root"]) / "runs" / job.id
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((run / "checkpoints").glob("step-*/manifest.json")):
+        time.sleep(0.3)  # SIGINT: the run writes a checkpoint of the step it stopped at
+    stopped_at = max(int(p.parent.name.removeprefix("step-")) for p in (run / "checkpoints").glob("step-*/manifest.json"))
+    assert stopped_at < 12
+    time.sleep(3)
+    assert c.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert c.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_for(c, job.id)
+    assert done.status == "succeeded", done.error
+    steps = sorted({e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data if e.type == "metrics"})
+    assert steps == list(range(1, 13))  # every step once: nothing redone, nothing skipped
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert "The job was paused" in messages and "The job was resumed" in messages
+
+
+def test_a_supervised_job_trains_and_serves_and_bad_rows_name_their_lines(server, tmp_path):
+    c = client(server)
+    sft = EXAMPLES.parent / "sft"
+    train = c.files.create(file=(sft / "train.jsonl").open("rb"), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(model="bundled:tiny-arith", training_file=train.id, suffix="sft",
+                                    method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}},
+                                    extra_body={"rftkit": {"overrides": ["train.steps=3"]}})
+    done = wait_for(c, job.id)
+    assert done.status == "succeeded", done.error
+    assert c.models.retrieve(done.fine_tuned_model).to_dict()["rftkit"]["lineage"][0]["algorithm"] == "sft"
+    assert c.chat.completions.create(model=done.fine_tuned_model, max_tokens=16,
+                                     messages=[{"role": "user", "content": "What is 5 + 7 - 2?"}]).choices[0].message.content
+    good = (sft / "train.jsonl").read_text().splitlines()[:2]
+    bad = tmp_path / "bad-sft.jsonl"
+    bad.write_text("\n".join([good[0], '{"messages": [{"role": "user", "content": "no answer"}]}', good[1]]) + "\n")
+    f = c.files.create(file=bad.open("rb"), purpose="fine-tune")
+    failed = wait_for(c, c.fine_tuning.jobs.create(model="bundled:tiny-arith", training_file=f.id,
+                                                   method={"type": "supervised"}).id, 60)
+    assert failed.status == "failed" and failed.error.code == "invalid_training_file" and "line 2" in failed.error.message
+    pair = tmp_path / "bad-dpo.jsonl"
+    pair.write_text('{"messages": [{"role": "user", "content": "1 + 1?"}], "chosen": "2", "rejected": "3"}\n'
+                    '{"messages": [{"role": "user", "content": "2 + 2?"}], "chosen": "4"}\n')
+    f = c.files.create(file=pair.open("rb"), purpose="fine-tune")
+    failed = wait_for(c, c.fine_tuning.jobs.create(model="bundled:tiny-arith", training_file=f.id,
+                                                   method={"type": "dpo", "dpo": {}}).id, 60)
+    assert failed.status == "failed" and "line 2" in failed.error.message and "line 1" not in failed.error.message
+    gone = c.models.delete(done.fine_tuned_model)
+    assert gone.deleted and done.fine_tuned_model not in [m.id for m in c.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])

@@ -30,7 +30,8 @@ from rftkit.server.registry import register, tuned_name
 
 HEARTBEAT_S = 2.0
 STALE_S = 15.0  # a running job whose worker has not beaten for this long is taken over
-ROW_KINDS = {"supervised": _ROWS["sft"], "dpo": _ROWS["dpo"]}  # what a job's files hold (Items otherwise)
+ROW_KINDS = {"supervised": _ROWS["conversation"], "dpo": _ROWS["preference"]}  # what a job's files hold (Items otherwise)
+EFFORT_TOKENS = {"low": 32, "medium": 48, "high": 96}  # reasoning_effort -> rollout.max_new_tokens
 BASE_LR = {"reinforcement": 2e-4, "supervised": 5e-4, "dpo": 5e-5}  # learning_rate_multiplier multiplies these
 
 
@@ -58,8 +59,12 @@ def job_overrides(job: Job, train_path: str, val_path: str | None, n_items: int)
             out.append(f"run.eval_samples={samples}")
     if kind == "reinforcement":
         out += ["algorithm.name=grpo", "grader=" + json.dumps(spec.get("grader") or {"type": "answer_match"})]
-        micro = max(1, min(64, batch * 8))
-        out.append(f"train.micro_batch_size={micro}")
+        compute = hyper.get("compute_multiplier")  # OpenAI: exploration compute; here the group size (8 at 1.0)
+        group = max(2, min(64, round(8 * float(compute)))) if isinstance(compute, (int, float)) and compute > 0 else 8
+        out += [f"rollout.num_generations={group}", f"train.micro_batch_size={max(1, min(64, batch * group))}"]
+        effort = hyper.get("reasoning_effort")  # the room a completion has to think: rollout.max_new_tokens
+        if effort in EFFORT_TOKENS:
+            out.append(f"rollout.max_new_tokens={EFFORT_TOKENS[effort]}")
     elif kind == "supervised":
         out += ["algorithm.name=sft", f"train.micro_batch_size={min(8, batch)}"]
     elif kind == "dpo":
