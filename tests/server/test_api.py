@@ -266,6 +266,8 @@ def test_pause_checkpoints_the_run_and_resume_continues_it(server):
     assert steps == list(range(1, 13))  # every step once: nothing redone, nothing skipped
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert "The job was paused" in messages and "The job was resumed" in messages
+    assert messages.count("Fine-tuning job started") == 1
+    assert messages.count("Fine-tuning job resumed from its last checkpoint") == 1
 
 
 def test_a_supervised_job_trains_and_serves_and_bad_rows_name_their_lines(server, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from pathlib import Path
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -139,12 +140,15 @@ class Database:
                 if job.status == "running" and job.heartbeat is not None and now - job.heartbeat < stale_s \
                         and not _gone(job.worker):
                     continue  # alive elsewhere
-                taken = s.execute(update(Job).where(Job.id == job.id, Job.status == job.status,
+                was = job.status  # the UPDATE below also sets the loaded object's status (synchronize_session)
+                taken = s.execute(update(Job).where(Job.id == job.id, Job.status == was,
                                                     Job.worker.is_(job.worker) if job.worker is None else Job.worker == job.worker)
                                   .values(status="running", worker=worker, heartbeat=now))
                 if taken.rowcount == 1:
-                    self.event(s, job.id, "Fine-tuning job started" if job.status == "queued"
-                               else "Fine-tuning job resumed from its last checkpoint after a restart")
+                    resumed = was == "running" or Path(job.run_dir, "config.yaml").exists()
+                    self.event(s, job.id, "Fine-tuning job resumed from its last checkpoint" if resumed and was == "queued"
+                               else "Fine-tuning job resumed from its last checkpoint after a restart" if resumed
+                               else "Fine-tuning job started")
                     s.commit()
                     return s.get(Job, job.id)
                 s.rollback()
