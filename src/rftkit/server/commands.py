@@ -16,7 +16,7 @@ keys_app = typer.Typer(help="API keys: one per project, shown once, stored hashe
 server_app.add_typer(keys_app, name="keys")
 
 RootOpt = typer.Option(Path("rft-server"), "--root", help="files, runs and the SQLite database live here")
-DbOpt = typer.Option(None, "--db", help="database URL (default sqlite:///ROOT/rftkit.db; postgresql://... for Postgres)")
+DbOpt = typer.Option(None, "--db", help="database URL (default sqlite:///ROOT/rftkit.db; postgresql://USER:PW@HOST:PORT/DB for Postgres, with pip install -e '.[postgres]')")
 
 
 def open_db(root: Path, db: str | None):

@@ -103,6 +103,8 @@ class Model(Base):
 
 class Database:
     def __init__(self, url: str) -> None:
+        if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver for these is psycopg2
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3: pip install -e ".[postgres]"
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, pool_pre_ping=True, **kwargs)
         if url.startswith("sqlite"):
