@@ -4,6 +4,7 @@ FastAPI is imported only when one of them runs)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -30,7 +31,8 @@ def open_db(root: Path, db: str | None):
         return Database(url)
     except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: one line
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--db {url}: cannot open the database ({first})") from None
+        shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)  # never print a password
+        raise ConfigError(f"--db {shown}: cannot open the database ({first})") from None
 
 
 @keys_app.command("create")

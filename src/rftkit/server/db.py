@@ -119,6 +119,7 @@ class Database:
         with self.session.begin() as s:
             if s.get(Project, project) is None:
                 s.add(Project(name=project, created_at=int(time.time())))
+                s.flush()  # the project's row before its key's: Postgres checks the foreign key (SQLite does not)
             s.add(ApiKey(digest=digest(key), project=project, created_at=int(time.time())))
         return key
 
@@ -129,6 +130,7 @@ class Database:
 
     # ---- events ----------------------------------------------------------------------------------
     def event(self, s: Session, job_id: str, message: str, level: str = "info", data: dict | None = None) -> None:
+        s.flush()  # a job added in this session is inserted before its event: Postgres checks the foreign key
         s.add(Event(id=new_id("ftevent"), job_id=job_id, created_at=int(time.time()), level=level, message=message,
                     type="metrics" if data else "message", data=data))
 

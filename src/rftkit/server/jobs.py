@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rftkit.data.items import validate_file
 from rftkit.data.rows import ROW_KINDS as _ROWS
-from rftkit.server.db import TERMINAL, Database, File, Job
+from rftkit.server.db import TERMINAL, Database, Event, File, Job
 from rftkit.server.registry import register, tuned_name
 
 HEARTBEAT_S = 2.0
@@ -152,7 +152,7 @@ class Runner:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
                                 preexec_fn=_die_with_parent)
         self.procs[job.id] = proc
-        seen = _metric_lines(run_dir)
+        seen = self._last_step(job.id)  # metrics.jsonl's rows up to here are events already (a resume rewrites the rest)
         try:
             while proc.poll() is None:
                 if self.stop.wait(HEARTBEAT_S):
@@ -184,15 +184,17 @@ class Runner:
         with self.db.session() as s:
             row = s.get(Job, job.id)
             row.heartbeat = time.time()
-            for line in lines[seen:]:
+            for line in lines:
                 try:
                     m = json.loads(line)
                 except ValueError:
                     break  # a line being written
+                if not isinstance(m.get("step"), int) or m["step"] <= seen:
+                    continue  # an event already (steps before a resume's checkpoint included)
                 reward = m.get("critic/rewards/mean", m.get("train/loss"))
                 self.db.event(s, job.id, f"Step {m.get('step')}" + (f": {reward:.4f}" if isinstance(reward, float) else ""),
                               data={"step": m.get("step"), **{k: v for k, v in m.items() if isinstance(v, (int, float))}})
-                seen += 1
+                seen = m["step"]
             status = row.status
             s.commit()
         if status == "cancelled" and proc.poll() is None:
@@ -201,6 +203,12 @@ class Runner:
             proc.send_signal(signal.SIGINT)  # `rft train` checkpoints and exits; resume continues from there
             self.pausing.add(job.id)
         return seen
+
+    def _last_step(self, job_id: str) -> int:
+        """The newest step that has a metrics event (-1 if none: step 0 is the baseline evaluation's row)."""
+        with self.db.session() as s:
+            rows = s.query(Event.data).filter(Event.job_id == job_id, Event.type == "metrics").all()
+        return max([d["step"] for (d,) in rows if isinstance(d, dict) and isinstance(d.get("step"), int)], default=-1)
 
     def _finish(self, job_id: str, status: str, error: dict | None, model: str | None = None) -> None:
         with self.db.session() as s:
@@ -223,11 +231,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-
-
-def _metric_lines(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def _needs_reference(job: Job) -> bool:
