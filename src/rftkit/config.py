@@ -64,6 +64,13 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(48, gt=0, description="longest completion in tokens; longer ones are cut off "
                                 "(see algorithm.overlong_buffer)")
     batch_size: int = Field(256, gt=0, description="rows generated together (memory bound)")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", description="hf: transformers + rftkit's decode loop; vllm: "
+                                                  "vLLM's engine (docs/VLLM.md); auto: vllm when installed and on a GPU")
+    vllm_gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vllm on a GPU: its share of GPU memory "
+                                               "(the policy, reference and optimizer need the rest)")
+    vllm_kv_cache_gb: float = Field(1.0, gt=0, description="vllm on CPU: its KV cache in GiB")
+    vllm_sleep: bool = Field(False, description="vllm on a GPU: release its KV cache during each update (sleep mode)")
+    vllm_max_model_len: int = Field(1024, gt=0, description="vllm: longest prompt + completion in tokens")
 
 
 def _one_of(table: str, kind: str):

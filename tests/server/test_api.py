@@ -242,8 +242,8 @@ def test_pause_checkpoints_the_run_and_resume_continues_it(server):
     job = c.fine_tuning.jobs.create(
         model="bundled:tiny-arith", training_file=f.id, suffix="pause",
         method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": {"batch_size": 4}}},
-        extra_body={"rftkit": {"overrides": ["train.steps=12", "rollout.num_generations=4", "train.micro_batch_size=16",
-                                             "run.checkpoint_interval=50"]}})
+        extra_body={"rftkit": {"overrides": ["train.steps=60", "rollout.num_generations=4", "train.micro_batch_size=16",
+                                             "run.checkpoint_interval=100"]}})
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not [e for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data
                                                if e.type == "metrics"]:
@@ -256,14 +256,14 @@ def test_pause_checkpoints_the_run_and_resume_continues_it(server):
     while time.monotonic() < deadline and not list((run / "checkpoints").glob("step-*/manifest.json")):
         time.sleep(0.3)  # SIGINT: the run writes a checkpoint of the step it stopped at
     stopped_at = max(int(p.parent.name.removeprefix("step-")) for p in (run / "checkpoints").glob("step-*/manifest.json"))
-    assert stopped_at < 12
+    assert stopped_at < 60
     time.sleep(3)
     assert c.fine_tuning.jobs.retrieve(job.id).status == "paused"
     assert c.fine_tuning.jobs.resume(job.id).status == "queued"
     done = wait_for(c, job.id)
     assert done.status == "succeeded", done.error
     steps = sorted({e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data if e.type == "metrics"})
-    assert steps == list(range(1, 13))  # every step once: nothing redone, nothing skipped
+    assert steps == list(range(1, 61))  # every step once: nothing redone, nothing skipped
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert "The job was paused" in messages and "The job was resumed" in messages
     assert messages.count("Fine-tuning job started") == 1

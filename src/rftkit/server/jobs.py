@@ -168,9 +168,11 @@ class Runner:
             return  # the server is stopping: the job stays `running` and is resumed by the next server
         with self.db.session() as s:
             status = s.get(Job, job.id).status
-        if status in ("cancelled", "paused", "queued"):
-            return  # paused: the run checkpointed on SIGINT; resumed (queued) before it stopped: claimed again
-        if proc.returncode == 0:
+        if status == "cancelled":
+            return
+        if status in ("paused", "queued") and proc.returncode != 0:
+            return  # paused: the run checkpointed on SIGINT and stopped; resumed (queued) since: claimed again
+        if proc.returncode == 0:  # (a pause that came after the last step changes nothing: the job is done)
             model = tuned_name(job)
             register(self.db, job, model, val.path if val else None, self.root)
             self._finish(job.id, "succeeded", None, model)

@@ -133,6 +133,7 @@ class Trainer:
         self.model_path = model_path
         self.tokenizer = load_tokenizer(model_path)
         self.policy = self._policy(model_path)
+        self.stage.model_path = model_path  # the folder the weights came from (an engine in another process loads it)
         self.stage.build(self.policy, self.tokenizer)
         start = 0
         if resume:

@@ -38,6 +38,7 @@ from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
 from rftkit.models.batching import pad_right
 from rftkit.policy import LossSpec, Row
 from rftkit.rollout.base import SamplingParams
+from rftkit.rollout.select import choose_engine
 from rftkit.rollout.hf import HFEngine
 from rftkit.train.stages.base import Stage, StepResult
 from rftkit.types import Group
@@ -73,6 +74,8 @@ class GeneratingStage(Stage):
         self.grader = grader
         self.environment = build_environment(cfg.environment) if cfg.environment else None  # multi-turn episodes
         self.ray = None
+        # vLLM missing or unable to run the architecture: exit 2 here, before any model loads
+        self.engine_kind = choose_engine(cfg.rollout.engine, cfg.model.path, cfg.model.device, cfg.runtime.backend)
         if cfg.runtime.backend == "ray":  # Ray missing, an address nothing answers on, too few CPUs: exit 2 here
             rt = cfg.runtime
             self.ray = connect(rt.address, [WorkerRequest("rollout", rt.rollout_workers, rt.cpus_per_rollout_worker,
@@ -96,8 +99,17 @@ class GeneratingStage(Stage):
                                               step_budget_s=grading.step_budget_s, threads=grading.workers,
                                               cpus=rt.cpus_per_grader_worker, wait_s=rt.timeout_s)
         else:
-            # the local engine samples with the policy's own module; update_weights keeps its version in step
-            self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
+            if self.engine_kind == "vllm":  # weights reach vLLM in memory after each update (rollout/vllm.py)
+                from rftkit.rollout.vllm import VLLMEngine
+
+                r = cfg.rollout
+                self.engine = VLLMEngine(getattr(self, "model_path", None) or cfg.model.path, tokenizer, cfg.model.dtype,
+                                         cfg.train.seed, r.vllm_max_model_len, r.vllm_gpu_memory_utilization,
+                                         r.vllm_kv_cache_gb, r.vllm_sleep,
+                                         cfg.lora.model_dump() if cfg.lora.enabled else None)
+                self.engine.update_weights(policy, policy.version)
+            else:  # the local engine samples with the policy's own module; update_weights keeps its version in step
+                self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
             self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s,
                                                  cfg.grading.workers)
         self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
@@ -247,14 +259,16 @@ class GRPOStage(GeneratingStage):
         return kept, len(groups) - len(kept)
 
     def behaviour(self, c) -> torch.Tensor | None:
-        """The sampling version's log-probs of an asynchronous run's completion (its off-policy correction)."""
-        if self.pipeline is None or not c.logprobs or len(c.logprobs) != len(c.token_ids):
+        """The sampler's log-probs of a completion an asynchronous run or vLLM drew (the importance weights' denominator)."""
+        if (self.pipeline is None and self.engine_kind != "vllm") or not c.logprobs or len(c.logprobs) != len(c.token_ids):
             return None
         return torch.tensor(c.logprobs, dtype=torch.float32)
 
     def async_metrics(self, groups: list[Group], stale: int, updates: list[dict]) -> dict[str, float]:
-        if self.pipeline is None:
-            return {}
+        if self.pipeline is None:  # vLLM: its kernels' log-probs vs the training forward's
+            tokens = sum(u["tokens"] for u in updates)
+            return ({"actor/mismatch_kl": sum(u.get("mismatch_kl", 0.0) for u in updates) / max(tokens, 1.0)}
+                    if self.engine_kind == "vllm" else {})
         now = self.policy.version - len(updates)  # the version the batch was trained by (before this step's update)
         staleness = [now - c.version for g in groups for c in g.completions] or [0]
         tokens = sum(u["tokens"] for u in updates)
