@@ -8,7 +8,7 @@ pytest.importorskip("sqlalchemy")
 
 from rftkit.config import load_config  # noqa: E402
 from rftkit.server.db import Job  # noqa: E402
-from rftkit.server.jobs import BASE_LR, job_overrides  # noqa: E402
+from rftkit.server.jobs import BASE_LR, config_overrides, job_overrides  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
 
 GRADER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
@@ -37,3 +37,14 @@ def test_supervised_defaults_and_the_rftkit_extension_wins():
                                           str(EXAMPLES.parent / "sft" / "train.jsonl"), None, 64))
     assert cfg.algorithm.name == "sft" and cfg.train.prompts_per_step == 32
     assert cfg.train.steps == 5 and cfg.train.lr == 0.01 and cfg.data.val is None  # the extension's overrides come last
+
+
+def test_a_whole_rftkit_config_becomes_overrides_that_load():
+    config = {"train": {"steps": 7, "lr": 0.001}, "rollout": {"num_generations": 4, "temperature": 0.8},
+              "grader": {"type": "regex", "pattern": "ANSWER", "mode": "search"}, "algorithm": {"name": "grpo"}}
+    pairs = config_overrides(config)
+    assert "train.steps=7" in pairs and any(p.startswith("grader=") for p in pairs)
+    cfg = load_config(None, job_overrides(job({"type": "reinforcement", "reinforcement": {"grader": GRADER}},
+                                              overrides=pairs), str(EXAMPLES / "train.jsonl"), None, 100))
+    assert cfg.train.steps == 7 and cfg.train.lr == 0.001 and cfg.rollout.num_generations == 4
+    assert cfg.rollout.temperature == 0.8 and cfg.grader["type"] == "regex"  # the extension wins over the method's

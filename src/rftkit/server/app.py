@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rftkit.server.dashboard import add_dashboard
 from rftkit.server.db import TERMINAL, Database, Event, File, Job, Model, new_id
+from rftkit.server.jobs import config_overrides
 from rftkit.server.registry import base_model_names, base_object, model_object, models_of, served_model, tuned_name
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._ -]{1,255}$")
@@ -157,6 +158,12 @@ def create_app(db: Database, root: Path, max_upload_mb: float = 512.0, max_model
         overrides = extension.get("overrides", []) if isinstance(extension, dict) else []
         if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
             raise ApiError(400, "rftkit.overrides: a list of key=value strings", "invalid_overrides", "rftkit.overrides")
+        config = extension.get("config") if isinstance(extension, dict) else None
+        if config is not None:  # a whole rftkit config (as a YAML file holds it), applied before `overrides`
+            if not isinstance(config, dict):
+                raise ApiError(400, "rftkit.config: an rftkit config object (rft config show)", "invalid_config",
+                               "rftkit.config")
+            overrides = config_overrides(config) + overrides
         job_id = new_id("ftjob")
         with db.session.begin() as s:
             # seq: creation order without a read-then-write race between concurrent submissions

@@ -72,6 +72,21 @@ def job_overrides(job: Job, train_path: str, val_path: str | None, n_items: int)
     return out + list(job.config.get("overrides", []))
 
 
+WHOLE = ("grader", "environment", "init_from")  # config keys whose value is one object, not a section of keys
+
+
+def config_overrides(config: dict) -> list[str]:
+    """An rftkit config mapping (the `rftkit.config` extension) as `key=value` overrides: a section's keys one by one
+    (`train.steps=50`), a grader or environment object whole."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict) and key not in WHOLE:
+            out += [f"{key}.{inner}={json.dumps(v)}" for inner, v in value.items()]
+        else:
+            out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
 class Runner:
     """`workers` threads, each running one job at a time."""
 
