@@ -369,8 +369,8 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def headless_chromium(profile: Path, what: str, flags: list[str] = CHROMIUM_FLAGS):
+    """A selenium driver of Debian's headless Chromium (console logs kept); skips, or fails under CI, without it."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     missing = [p for p in (chromium, driver_path) if not Path(p).exists()]
@@ -381,19 +381,25 @@ def browser(tmp_path_factory):
     except ImportError:
         missing.append("the selenium Python package (pip install selenium)")
     if missing:
-        msg = ("the report browser test needs Debian's headless Chromium: apt-get install chromium chromium-driver "
+        msg = (f"the {what} browser test needs Debian's headless Chromium: apt-get install chromium chromium-driver "
                f"(and pip install selenium); missing: {', '.join(missing)}")
         if _in_ci():
             pytest.fail(msg)
         pytest.skip(msg)
     options = Options()
     options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+    for flag in flags + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: selenium then never runs Selenium Manager (no download, works offline).
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium-profile"), "report")
     try:
         yield driver
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -220,33 +219,12 @@ def test_endpoints_are_scoped_to_the_project(server, job, endpoint):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from tests.report.test_report import CHROMIUM_FLAGS, _in_ci
+    from tests.report.test_report import CHROMIUM_FLAGS, headless_chromium
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    missing = [p for p in (chromium, driver_path) if not Path(p).exists()]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing.append("the selenium Python package (pip install selenium)")
-    if missing:
-        msg = ("the dashboard browser test needs Debian's headless Chromium: apt-get install chromium chromium-driver "
-               f"(and pip install selenium); missing: {', '.join(missing)}")
-        if _in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    options = Options()
-    options.binary_location = chromium
     # The report test's flags, except that this server's address must resolve: every other name still fails.
     flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--host-resolver-rules")]
     flags.append("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
-    for flag in flags + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-dashboard')}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # explicit path: no Selenium Manager
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium-dashboard"), "dashboard", flags)
     try:
         yield driver
     finally:
