@@ -42,11 +42,84 @@ class LoraConfig(Section):
     merge_final: bool = Field(False, description="save the final model with the adapter merged into the weights")
 
 
+DATA_FORMATS = ("auto", "jsonl", "parquet", "hf")  # rftkit.data.loaders
+
+
+class SourceConfig(Section):
+    """One source of a mixture (`data.train` as a list): its file, its share of the prompts, its own grader."""
+
+    path: str = Field(..., description="the source's prompts: JSONL, parquet (verl's layout) or a Hugging Face dataset folder")
+    weight: float = Field(1.0, gt=0, description="share of the prompts drawn from this source (weights are normalised)")
+    name: str | None = Field(None, description="the source's name in metrics (critic/rewards/NAME/mean); default: the "
+                             "file's stem")
+    grader: dict[str, Any] | str | None = Field(None, description="this source's grader (a grader object, a type name or "
+                                                "a grader file); None = the run's `grader`")
+    val: str | None = Field(None, description="this source's held-out Items, scored with its grader as val/NAME/pass@1")
+    format: str = Field("auto", description="auto (by suffix; a folder = Hugging Face dataset), jsonl, parquet, hf")
+    columns: dict[str, str] | None = Field(None, description="this source's column mapping; None = data.columns")
+
+    @field_validator("grader", mode="before")
+    @classmethod
+    def _grader_file(cls, value: Any) -> Any:
+        return grader_from_file(value, Path())
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"a source name appears in metric names, so it must be letters, digits, _ . - (got {value!r})")
+        return value
+
+    check_format = field_validator("format")(lambda v: _in(v, DATA_FORMATS, "data format"))
+
+
 class DataConfig(Section):
-    train: str = Field("examples/arithmetic/train.jsonl", description="training prompts (JSONL Items)")
+    train: str | list[SourceConfig] = Field(
+        "examples/arithmetic/train.jsonl", description="training prompts: one file (JSONL, parquet in verl's layout, or "
+        "a Hugging Face dataset folder), or a mixture: a list of {path, weight, name, grader, val} (docs/DATA.md)")
     val: str | None = Field(None, description="validation Items, scored every run.eval_interval steps")
+    format: str = Field("auto", description="format of data.train/data.val: auto (by suffix; a folder = Hugging Face "
+                        "dataset), jsonl, parquet, hf")
+    columns: dict[str, str] = Field(default_factory=dict, description="column mapping for parquet and Hugging Face data: "
+                                    "rftkit field -> column, e.g. {prompt: question, reference_answer: answer}")
     skip_bad_lines: bool = Field(False, description="train on the good lines of a file that fails validation")
     shuffle: bool = Field(True, description="reshuffle the prompts every epoch (seeded)")
+
+    check_format = field_validator("format")(lambda v: _in(v, DATA_FORMATS, "data format"))
+
+    @field_validator("train")
+    @classmethod
+    def _sources(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a mixture needs at least one source")
+            names = [s.name or Path(s.path).stem for s in value]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"two sources are named {dup[0]!r}: give each a distinct `name`")
+        return value
+
+    @property
+    def sources(self) -> list[SourceConfig]:
+        """data.train as a list of sources (one file is a mixture of one, named by its stem)."""
+        if isinstance(self.train, str):
+            return [SourceConfig(path=self.train, name=Path(self.train).stem or "train", format=self.format)]
+        return [s if s.name else s.model_copy(update={"name": Path(s.path).stem}) for s in self.train]
+
+
+def _in(value: str, valid: tuple[str, ...], kind: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+class ReplayConfig(Section):
+    path: str | None = Field(None, description="SFT rows (JSONL conversations) of an older skill to keep; None = no replay")
+    weight: float = Field(0.1, ge=0, description="coefficient of the replay SFT loss added to each GRPO update")
+    loss: Literal["sft"] = Field("sft", description="the replay loss: sft (next-token NLL on the assistant turns)")
+    batch_size: int = Field(8, gt=0, description="replay examples drawn per update")
 
 
 class GradingConfig(Section):
@@ -88,7 +161,7 @@ def _one_of(table: str, kind: str):
     return check
 
 
-ALGORITHMS = ("grpo", "sft", "dpo", "reward_model", "rejection_sampling", "asft")  # rftkit.train.stages.STAGES
+ALGORITHMS = ("grpo", "sft", "dpo", "kto", "reward_model", "rejection_sampling", "asft")  # rftkit.train.stages.STAGES
 
 
 class AlgorithmConfig(Section):
@@ -140,6 +213,12 @@ class DPOConfig(Section):
         if self.loss == "ipo" and self.label_smoothing:
             raise ValueError("label_smoothing applies to the sigmoid loss only; set dpo.label_smoothing=0 for ipo")
         return self
+
+
+class KTOConfig(Section):
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference")
+    desirable_weight: float = Field(1.0, gt=0, description="weight of the loss on desirable (label: true) examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="weight of the loss on undesirable (label: false) examples")
 
 
 class RewardModelConfig(Section):
@@ -239,7 +318,10 @@ class Config(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="the training algorithm and GRPO's loss")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="sft (and rejection_sampling's SFT steps): packing")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="dpo: the preference loss")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="kto: the loss on unpaired good/bad examples")
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="reward_model: the Bradley-Terry loss")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="grpo: an SFT loss on an older skill's data "
+                                 "in every update, against forgetting")
     rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
                                                         description="rejection_sampling: rounds and what is kept")
     asft: ASFTConfig = Field(default_factory=ASFTConfig, description="asft: advantage weights of logged answers")
@@ -372,12 +454,25 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _resolve_paths(data: dict, root: Path) -> None:
     """Make data files and local model folders in a YAML file relative to that file."""
-    for section, key in (("data", "train"), ("data", "val"), ("model", "path")):
+    for section, key in (("data", "train"), ("data", "val"), ("model", "path"), ("replay", "path")):
         value = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and not value.startswith("bundled:") and not Path(value).is_absolute():
             candidate = root / value
-            if section == "data" or candidate.exists():
+            if section != "model" or candidate.exists():
                 data[section][key] = str(candidate)
+    sources = (data.get("data") or {}).get("train") if isinstance(data.get("data"), dict) else None
+    for source in sources if isinstance(sources, list) else []:  # a mixture: each source's files
+        if not isinstance(source, dict):
+            continue
+        for key in ("path", "val"):
+            if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
+                source[key] = str(root / source[key])
+        if isinstance(source.get("grader"), str):
+            source["grader"] = grader_from_file(source["grader"], root)
+        elif isinstance(source.get("grader"), dict):
+            from rftkit.graders.base import resolve_grader_paths
+
+            source["grader"] = resolve_grader_paths(source["grader"], root)
     if isinstance(data.get("grader"), str):  # loaded here, before the merge, so `grader.KEY=` overrides edit it
         data["grader"] = grader_from_file(data["grader"], root)
     elif isinstance(data.get("grader"), dict):

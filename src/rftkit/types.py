@@ -20,6 +20,7 @@ class Item:
     messages: list[dict[str, str]]
     reference_answer: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)  # every other field of the row
+    source: str | None = None  # the mixture source it was drawn from (data.train as a list); None: one file
 
     def field(self, path: str) -> Any:
         """`item.<path>` for graders: top-level attributes first, then metadata (dotted)."""
