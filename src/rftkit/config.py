@@ -346,6 +346,15 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _mixture_and_replay(self) -> Config:
+        if isinstance(self.data.train, list) and self.algorithm.name not in ("grpo", "rejection_sampling"):
+            raise ValueError(f"data.train as a list of sources (a mixture) needs algorithm.name grpo or "
+                             f"rejection_sampling (got {self.algorithm.name}); give {self.algorithm.name} one file")
+        if self.replay.path and (self.algorithm.name != "grpo" or self.runtime.learners > 1):
+            raise ValueError("replay.path needs algorithm.name: grpo with one learner (runtime.learners: 1)")
+        return self
+
+    @model_validator(mode="after")
     def _learners(self) -> Config:
         if self.runtime.learners > 1 and (self.runtime.backend != "ray" or self.algorithm.name != "grpo"):
             raise ValueError("runtime.learners > 1 needs runtime.backend: ray and algorithm.name: grpo "

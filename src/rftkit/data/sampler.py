@@ -35,3 +35,4 @@ class PromptSampler:
     def restore(self, state: dict) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._order = self._make_order()
+

@@ -73,6 +73,7 @@ GRADER_TYPES: dict[str, str] = {
     "label_model": "judge:LabelModelGrader",
     "python": "python_grader:PythonGrader",
     "multi": "multi:MultiGrader",
+    "by_source": "route:SourceRouter",  # a mixture's per-source graders (data.train sources with `grader:`)
     # rftkit built-ins
     "math": "mathgrader:MathGrader",
     "regex": "format:RegexGrader",
@@ -189,7 +190,7 @@ def grader_problems(grader: Grader, item: Item, where: str = "grader") -> list[s
 
 def check_grader_items(grader: Grader, items: list[Item], where: str, source: str, rows: int = 16) -> None:
     """ConfigError if the grader's template variables do not fit the first `rows` rows of `source`."""
-    problems = sorted({p for item in items[:rows] for p in grader_problems(grader, item, where)})
+    problems = sorted({p for i in range(min(rows, len(items))) for p in grader_problems(grader, items[i], where)})
     if problems:
         shown = "\n  ".join(problems[:10])
         raise ConfigError(f"{where} does not fit the rows of {source}:\n  {shown}")

@@ -96,6 +96,8 @@ def sample_records(step: int, groups: list[Group], advantages: list[list[float]]
                 "reward": c.score.reward if c.score else None, "advantage": round(advantage, 4),
                 "error": c.score.error if c.score else None, "finish_reason": c.finish_reason,
             })
+            if g.item.source is not None:  # a mixture's source (the report groups rollouts by it)
+                rows[-1]["source"] = g.item.source
             if c.trajectory is not None:  # the report shows it as a conversation
                 rows[-1]["messages"] = c.trajectory.messages
                 rows[-1]["turn_rewards"] = c.trajectory.turn_rewards

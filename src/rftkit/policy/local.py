@@ -75,11 +75,15 @@ class LocalPolicy:
             return self.module(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
 
     # ---- updates -------------------------------------------------------------------------------
-    def update(self, rows: list[Row], spec: LossSpec, counts: StepCounts | None = None) -> dict[str, float]:
+    def update(self, rows: list[Row], spec: LossSpec, counts: StepCounts | None = None,
+               extra: Callable[[torch.nn.Module], dict] | None = None) -> dict[str, float]:
         """One optimizer step on the GRPO loss of `rows` (graded, non-empty completions). `counts`: the whole
-        batch's sizes when `rows` are one learner's share of it (the loss's normaliser is the batch's)."""
+        batch's sizes when `rows` are one learner's share of it (the loss's normaliser is the batch's).
+        `extra(module)` backpropagates a second loss into the same step (replay's SFT loss) and returns its metrics."""
         t0 = time.perf_counter()
         sums = self.accumulate_grpo(rows, spec, counts)
+        if extra is not None:
+            sums.update(extra(self.module))
         t1 = time.perf_counter()
         grad_norm = self.optimizer_step()
         return {**sums, "grad_norm": grad_norm, "time_backward": t1 - t0, "time_optimizer": time.perf_counter() - t1}

@@ -30,9 +30,8 @@ import torch
 from rftkit.agents import build_environment, run_episodes, with_episode_rewards
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
                                    overlong_penalty, sequence_kl, turn_advantages)
-from rftkit.data.sampler import PromptSampler
 from rftkit.distributed import AheadPipeline, RayEngine, RayGraderExecutor, WorkerRequest, connect
-from rftkit.graders import build_grader, check_grader_items
+from rftkit.graders import build_grader
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
 from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
 from rftkit.models.batching import pad_right
@@ -41,6 +40,8 @@ from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.select import choose_engine
 from rftkit.rollout.hf import HFEngine
 from rftkit.train.stages.base import Stage, StepResult
+from rftkit.train.stages.replay import Replay
+from rftkit.train.stages.sources import grader_spec, load_prompts, source_metrics
 from rftkit.types import Group
 
 
@@ -63,13 +64,11 @@ class GeneratingStage(Stage):
     """Items + grader + engine: the data, rollouts and validation GRPO and rejection sampling share."""
 
     def prepare(self) -> None:
-        from rftkit.data import load_items
-
         cfg = self.cfg
-        grader = build_grader(cfg.grader, "grader")  # config errors surface before any model loads
-        self.items = load_items(cfg.data.train, grader.needs_reference, cfg.data.skip_bad_lines)
-        check_grader_items(grader, self.items, "grader", cfg.data.train)
-        self.val_items = load_items(cfg.data.val, grader.needs_reference, cfg.data.skip_bad_lines) if cfg.data.val else []
+        self.grader_spec = grader_spec(cfg)  # `grader`, or a mixture's per-source graders (train/stages/sources.py)
+        grader = build_grader(self.grader_spec, "grader")  # config errors surface before any model loads
+        self.prompts = load_prompts(cfg, grader)  # one file or a weighted mixture, every row checked
+        self.items, self.val_items = self.prompts.items, self.prompts.val_items
         self.require_val()
         self.grader = grader
         self.environment = build_environment(cfg.environment) if cfg.environment else None  # multi-turn episodes
@@ -95,7 +94,7 @@ class GeneratingStage(Stage):
                                     gpus=rt.gpus_per_rollout_worker, seed=cfg.train.seed, timeout_s=rt.timeout_s,
                                     threads=cfg.train.threads, follow_driver_rng=not cfg.async_.max_off_policy_steps)
             self.engine.update_weights(policy, policy.version)
-            self.executor = RayGraderExecutor(self.ray, cfg.grader, workers=rt.grader_workers, timeout_s=grading.timeout_s,
+            self.executor = RayGraderExecutor(self.ray, self.grader_spec, workers=rt.grader_workers, timeout_s=grading.timeout_s,
                                               step_budget_s=grading.step_budget_s, threads=grading.workers,
                                               cpus=rt.cpus_per_grader_worker, wait_s=rt.timeout_s)
         else:
@@ -112,7 +111,7 @@ class GeneratingStage(Stage):
                 self.engine = HFEngine(policy.module, tokenizer, batch_size=cfg.rollout.batch_size)
             self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s,
                                                  cfg.grading.workers)
-        self.sampler = PromptSampler(len(self.items), cfg.train.seed, cfg.data.shuffle)
+        self.sampler = self.prompts.sampler(cfg.train.seed, cfg.data.shuffle)  # by weight for a mixture
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
         ahead = cfg.async_.max_off_policy_steps
         self.pipeline = (AheadPipeline(self.engine, self.executor, ahead, cfg.rollout.num_generations, self.sampling)
@@ -188,12 +187,22 @@ class GeneratingStage(Stage):
     def summary(self, metrics: dict[str, float]) -> str:
         return f"reward {metrics['critic/rewards/mean']:.3f}"
 
+    def require_val(self) -> None:
+        if not self.prompts.source_val:  # a mixture's sources may bring their own held-out files instead
+            super().require_val()
+
     def validate(self) -> dict[str, float]:
-        groups = self.generate(self.val_items, self.cfg.run.eval_samples)
-        scores, _ = self.executor.score(groups)
-        graded: list[Group] = [g.scored(s) for g, s in zip(groups, scores)]
-        result = evaluate_groups(graded, k=self.cfg.run.eval_samples)
-        return {"val/reward_mean": result["reward_mean"], "val/pass@1": result["pass@1"]}
+        """val/pass@1 on data.val and, for a mixture's sources with a `val` file, val/NAME/pass@1 with their graders."""
+        out = {}
+        for prefix, items in [("val", self.val_items)] + [(f"val/{n}", v) for n, v in self.prompts.source_val.items()]:
+            if not items:
+                continue
+            groups = self.generate(items, self.cfg.run.eval_samples)
+            scores, _ = self.executor.score(groups)
+            graded: list[Group] = [g.scored(s) for g, s in zip(groups, scores)]
+            result = evaluate_groups(graded, k=self.cfg.run.eval_samples)
+            out.update({f"{prefix}/reward_mean": result["reward_mean"], f"{prefix}/pass@1": result["pass@1"]})
+        return out
 
 
 def graded(c) -> bool:
@@ -217,6 +226,7 @@ class GRPOStage(GeneratingStage):
                                   beta=algo.beta if algo.kl_in == "loss" else 0.0, kl_estimator=algo.kl_estimator,
                                   aggregation=algo.loss_aggregation, temperature=rollout.temperature,
                                   max_new_tokens=rollout.max_new_tokens, is_cap=self.cfg.async_.is_cap)
+        self.replay = Replay(self.cfg, tokenizer) if self.cfg.replay.path else None  # an older skill's SFT loss
 
     # ---- one step --------------------------------------------------------------------------
     def step(self, step: int) -> StepResult:
@@ -233,7 +243,7 @@ class GRPOStage(GeneratingStage):
         if algo.credit == "turn":  # multi-turn: each turn's tokens get their own advantage
             advantages = self.turn_credit(batch, rewards)  # [G, N, C]
         trained = self.update_rows(batch, rows, advantages, old)
-        updates = [self.policy.update(trained, self.loss_spec) for _ in range(algo.updates_per_batch if batch else 0)]
+        updates = [self.update(trained) for _ in range(algo.updates_per_batch if batch else 0)]
         self.sync_engine()
         t_end = time.perf_counter()
         n_tokens = sum(len(c.token_ids) for g in every.groups for c in g.completions)
@@ -246,8 +256,25 @@ class GRPOStage(GeneratingStage):
         metrics = {**rollout_metrics(every.groups, every.grading), **env_metrics(every.groups),
                    **self.update_metrics(updates, kl, bool(batch)),
                    **timing, **self.variant_metrics(batch, every, rewards), **self.runtime_metrics(),
-                   **self.async_metrics(every.groups, stale, updates)}
+                   **self.async_metrics(every.groups, stale, updates), **source_metrics(every.groups, self.prompts.names)}
         return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
+
+    def state(self) -> dict:
+        state = super().state()
+        if self.replay is not None:
+            state["replay_sampler"] = self.replay.sampler.state()
+        return state
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        if self.replay is not None and "replay_sampler" in state:
+            self.replay.sampler.restore(state["replay_sampler"])
+
+    def update(self, rows: list[Row]) -> dict[str, float]:
+        """One optimizer step on the GRPO loss of `rows`, plus replay's SFT loss when `replay.path` is set."""
+        if self.replay is None:
+            return self.policy.update(rows, self.loss_spec)
+        return self.policy.update(rows, self.loss_spec, extra=self.replay.loss)
 
     # ---- asynchronous training ---------------------------------------------------------------
     def within_staleness(self, groups: list[Group]) -> tuple[list[Group], int]:
@@ -345,7 +372,10 @@ class GRPOStage(GeneratingStage):
             mean_kl = kl
         else:
             mean_kl = sums["kl"] / max(sums["tokens"], 1.0)
+        replay = ({"replay/loss": sum(u["replay/loss"] for u in updates) / len(updates)}
+                  if self.replay is not None and updates else {})
         return {
+            **replay,
             "actor/kl": mean_kl,
             "actor/pg_loss": sums["pg_loss"] / max(len(updates), 1),
             "actor/clipfrac": sums["clipped"] / max(sums["tokens"], 1.0),
