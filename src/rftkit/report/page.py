@@ -17,7 +17,6 @@ values are a click away, and a link loads nothing until it is clicked.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ from html import escape
 from pathlib import Path
 
 from rftkit.errors import UserError
-from rftkit.report.svg import MAX_POINTS, PALETTE, Band, Bars, Series, bar_chart, fmt, line_chart
+from rftkit.report.sources import source_charts
+from rftkit.report.svg import (MAX_POINTS, PALETTE, Band, Bars, Series, number, bar_chart, fmt, line_chart,
+                               series)
 from rftkit.metrics.health import check_health
 
 SAMPLE_ROWS = 6  # rollouts shown per table (early, late): enough to see the change, short enough to read
@@ -90,7 +91,7 @@ def _read_eval(path: Path) -> dict:
         result = json.loads(path.read_text(errors="replace"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path.name} is not JSON ({e})") from None
-    if not isinstance(result, dict) or _number(result.get("pass@1")) is None:
+    if not isinstance(result, dict) or number(result.get("pass@1")) is None:
         raise ValueError(f"{path.name} has no pass@1: expected the JSON `rft eval run --out` writes")
     return result
 
@@ -129,17 +130,6 @@ def find_evaluation(run_dir: Path) -> tuple[Evaluation | None, list[str]]:
         ev.source = os.path.relpath(base, run_dir) + " and " + os.path.relpath(tuned, run_dir)
         return ev, notes
     return None, notes
-
-
-def _number(v) -> float | None:
-    """A measured value, or None for null / NaN / anything that is not a number."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
-def series(rows: list[dict], key: str) -> list[tuple[float, float]]:
-    return [(r["step"], v) for r in rows if (v := _number(r.get(key))) is not None]
 
 
 def smoothing_window(n: int) -> int:
@@ -221,7 +211,7 @@ def reward_histogram(samples: list[dict]) -> str:
     title = "Sampled rewards, early vs late"
     parts = [(f"{when} ({_span(steps)})", set(steps), PALETTE[i])
              for i, (when, steps) in enumerate(zip(("early", "late"), _split_steps(samples))) if steps]
-    rewards = [[_number(r.get("reward")) for r in samples if r["step"] in steps] for _, steps, _ in parts]
+    rewards = [[number(r.get("reward")) for r in samples if r["step"] in steps] for _, steps, _ in parts]
     scored = [v for vals in rewards for v in vals if v is not None]
     if not scored:
         return bar_chart("reward_hist", title, [], [], "reward", "share of samples")
@@ -259,6 +249,7 @@ def charts(run: Run) -> list[str]:
             Series("val/reward_mean", series(rows, "val/reward_mean"), PALETTE[0], markers=True),
             Series("val/pass@1", series(rows, "val/pass@1"), PALETTE[1], markers=True)], y_label="score"),
         *offline_charts(rows),
+        *source_charts(rows),  # a mixture's sources (report/sources.py); none for one file
         _line("entropy", "Policy entropy", rows, [("actor/entropy", "entropy")], "nats / token"),
         _line("kl", "KL to reference", rows, [("actor/kl", "KL")], "per token"),
         _line("response_length", "Response length", rows,
@@ -333,7 +324,7 @@ def header(run: Run) -> str:
     else:
         cards.append(_card("validation", "–", "no validation or reward yet", "headline", "headline"))
     ev = run.evaluation
-    before, after = (_number(ev.before.get("pass@1")), _number(ev.after.get("pass@1"))) if ev else (None, None)
+    before, after = (number(ev.before.get("pass@1")), number(ev.after.get("pass@1"))) if ev else (None, None)
     if before is not None and after is not None:
         cards.append(_card("held-out pass@1", f"{_num(before)} → {_num(after)} ({_change(before, after)})",
                            "base → tuned, see the evaluation below", "headline", "eval-headline"))
@@ -365,7 +356,7 @@ def evaluation_section(ev: Evaluation | None, notes: list[str]) -> str:
         keys.append("grader_errors")
     body = []
     for k in keys:
-        a, b = _number(before.get(k)), _number(after.get(k))
+        a, b = number(before.get(k)), number(after.get(k))
         if a is None or b is None:
             continue
         better = b < a if k == "grader_errors" else b > a
@@ -431,7 +422,7 @@ def sample_table(title: str, rows: list[dict]) -> str:
         return f'<h3>{escape(title)}</h3><p class="muted">No samples.</p>'
     body = []
     for r in rows:
-        reward = _number(r.get("reward"))
+        reward = number(r.get("reward"))
         error = r.get("error")
         score = fmt(reward) if reward is not None else "failed"
         if error:

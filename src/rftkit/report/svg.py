@@ -61,6 +61,18 @@ class Axis:
     ticks: list[float] = field(default_factory=list)
 
 
+def number(v) -> float | None:
+    """A measured value, or None for null / NaN / anything that is not a number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def series(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) points of one metric over metrics.jsonl rows, skipping steps where it was not measured."""
+    return [(r["step"], v) for r in rows if (v := number(r.get(key))) is not None]
+
+
 def fmt(v: float) -> str:
     """Short tick/number label: 0.25, 1.2k, 3e-05."""
     if v == 0:
