@@ -428,7 +428,9 @@ def _describe(model: BaseModel, lines: list[str], indent: str) -> None:
 
 
 def _flow(value: Any) -> str:
-    """One value as one line of YAML (a grader object as {type: ..., ...})."""
+    """One value as one line of YAML (a grader object as {type: ..., ...}; a mixture's sources as a list of mappings)."""
+    if isinstance(value, list):
+        value = [v.model_dump(exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
     text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False).strip()
     return text.removesuffix("...").strip()  # a bare scalar document ends with `...`
 
