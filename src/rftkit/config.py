@@ -115,6 +115,18 @@ def _in(value: str, valid: tuple[str, ...], kind: str) -> str:
     return value
 
 
+class ReasoningConfig(Section):
+    enabled: bool = Field(False, description="split each completion into thinking and answer (graders see the answer)")
+    effort: Literal["none", "low", "high"] | None = Field(None, description="the chat template's thinking switch "
+                                                          "(enable_thinking) and the thinking budget; None = leave the "
+                                                          "template's default")
+    budget_tokens: int | None = Field(None, gt=0, description="most thinking tokens; at the budget the engine closes the "
+                                      "block itself (inserted tokens masked out of the loss); None = no budget")
+    open_tag: str = Field("<think>", description="the tag that opens a thinking block")
+    close_tag: str = Field("</think>", description="the tag that closes it")
+    grade_thinking: bool = Field(False, description="graders see the thinking too (the whole completion)")
+
+
 class ReplayConfig(Section):
     path: str | None = Field(None, description="SFT rows (JSONL conversations) of an older skill to keep; None = no replay")
     weight: float = Field(0.1, ge=0, description="coefficient of the replay SFT loss added to each GRPO update")
@@ -320,6 +332,8 @@ class Config(Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="dpo: the preference loss")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="kto: the loss on unpaired good/bad examples")
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="reward_model: the Bradley-Terry loss")
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig, description="reasoning models: thinking "
+                                       "blocks, effort, budgets (docs/REASONING.md)")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="grpo: an SFT loss on an older skill's data "
                                  "in every update, against forgetting")
     rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
