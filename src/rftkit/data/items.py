@@ -3,12 +3,20 @@
 Every line is checked and every fault reported with its line number, so a user fixes a
 file in one pass instead of one traceback at a time. Nothing is trained on a file with
 bad lines unless the caller asks to skip them (`skip_bad=True`, config `data.skip_bad_lines=true`).
+
+Reading a file keeps one of three things (`keep`): the Items (`load_items`), the byte offset of each
+good line (`load_source`'s JSONL sequence reads a line when it is asked for it), or nothing but
+counts and problems (`rft data validate`, so a 2 GB file validates in ~100 MB: docs/DATA.md).
+The checks of a row (`_check_row`) serve the parquet and Hugging Face loaders too (data/columns.py),
+which number rows instead of lines (`unit="row"`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,9 @@ from rftkit.types import Item
 
 VALID_ROLES = ("system", "user", "assistant", "tool", "developer")
 _OWN_FIELDS = ("id", "messages", "reference_answer", "metadata")
+KEEPS = ("items", "index", "count")
+NO_MESSAGES = "no `messages` field"
+NO_REFERENCE = "no `reference_answer` (at top level or as `metadata.reference_answer`)"
 
 
 @dataclass
@@ -31,18 +42,77 @@ class Problem:
 @dataclass
 class ValidationReport:
     path: Path
-    n_lines: int  # non-blank lines seen
-    items: list[Item]  # the good lines, in file order
+    n_lines: int  # non-blank lines (rows) seen
+    items: list[Item]  # the good lines, in file order (keep="items" only)
     problems: list[Problem]
+    n_good: int = 0  # good lines, whatever was kept
+    unit: str = "line"  # what `Problem.line` numbers: "line" (JSONL) or "row" (parquet, Hugging Face datasets)
+    label: str | None = None  # how messages name the source (a dataset's folder and split); default: path
+    numbers: array = field(default_factory=lambda: array("q"))  # keep="index": the good lines' numbers
+    offsets: array = field(default_factory=lambda: array("q"))  # keep="index": where each good line starts (JSONL)
 
     @property
     def ok(self) -> bool:
         """True only for a file that can be trained on as is: no bad line and at least one item."""
-        return not self.problems and bool(self.items)
+        return not self.problems and self.n_good > 0
 
     @property
     def bad_lines(self) -> list[int]:
         return sorted({p.line for p in self.problems})
+
+    @property
+    def name(self) -> str:
+        return self.label or str(self.path)
+
+
+class IdTable:
+    """The ids seen so far, as `_check_id` uses them (`id in seen`, `seen[id]`, `seen[id] = line`), in 12 bytes a slot.
+
+    A dict of 2.3M string ids holds ~310 MB; this open-addressing table of (64-bit hash, line) pairs holds
+    ~50 MB, which is what lets a 2 GB file validate in bounded memory. The trade-off: two distinct ids whose
+    64-bit hashes collide read as duplicates (about 1 in 10^7 for a file of 2M ids). The hash is Python's own,
+    salted per process: the table lives for one scan.
+    """
+
+    def __init__(self, capacity: int = 1 << 10):
+        self.mask, self.size = capacity - 1, 0
+        self.keys, self.lines = array("q", [0]) * capacity, array("i", [0]) * capacity
+
+    def _slot(self, item_id: str) -> tuple[int, int]:
+        key = hash(item_id) or 1  # 0 marks an empty slot
+        slot = key & self.mask
+        while self.keys[slot] not in (0, key):
+            slot = (slot + 1) & self.mask
+        return slot, key
+
+    def __contains__(self, item_id: str) -> bool:
+        return self.keys[self._slot(item_id)[0]] != 0
+
+    def __getitem__(self, item_id: str) -> int:
+        slot, _ = self._slot(item_id)
+        if not self.keys[slot]:
+            raise KeyError(item_id)
+        return self.lines[slot]
+
+    def __setitem__(self, item_id: str, line: int) -> None:
+        if 4 * (self.size + 1) > 3 * (self.mask + 1):  # grow past 3/4 full: linear probing slows down beyond
+            self._grow()
+        slot, key = self._slot(item_id)
+        self.size += not self.keys[slot]
+        self.keys[slot], self.lines[slot] = key, line
+
+    def _grow(self) -> None:
+        old_keys, old_lines = self.keys, self.lines
+        capacity = 2 * (self.mask + 1)
+        self.mask = capacity - 1
+        self.keys, self.lines = array("q", [0]) * capacity, array("i", [0]) * capacity
+        for key, line in zip(old_keys, old_lines):
+            if not key:
+                continue
+            slot = key & self.mask
+            while self.keys[slot]:
+                slot = (slot + 1) & self.mask
+            self.keys[slot], self.lines[slot] = key, line
 
 
 def _reference(row: dict[str, Any]) -> Any:
@@ -113,30 +183,31 @@ def _parse_line(raw: bytes, line: int) -> tuple[Any, str | None]:
         return None, f"invalid JSON: {exc}"
 
 
-def _check_id(row: dict[str, Any], line: int, seen: dict[str, int]) -> tuple[str, list[str]]:
-    """The item's id (`line-N` when absent) and its faults; duplicates name the first line."""
+def _check_id(row: dict[str, Any], line: int, seen: dict[str, int], unit: str = "line") -> tuple[str, list[str]]:
+    """The item's id (`line-N`, or `row-N`, when absent) and its faults; duplicates name the first line."""
     raw_id = row.get("id")
     if raw_id is None:
-        item_id = f"line-{line}"
+        item_id = f"{unit}-{line}"
     elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        return f"line-{line}", ["`id` must be a string or an integer"]
+        return f"{unit}-{line}", ["`id` must be a string or an integer"]
     elif not str(raw_id).strip():
-        return f"line-{line}", ["`id` is empty"]
+        return f"{unit}-{line}", ["`id` is empty"]
     else:
         item_id = str(raw_id)
     if item_id in seen:
         what = "duplicate id" if raw_id is not None else "no `id`, and its default id"
-        return item_id, [f"{what} {item_id!r} (first used on line {seen[item_id]})"]
+        return item_id, [f"{what} {item_id!r} (first used on {unit} {seen[item_id]})"]
     seen[item_id] = line
     return item_id, []
 
 
-def _check_row(row: Any, line: int, seen: dict[str, int], require_reference: bool) -> tuple[Item | None, list[str]]:
+def _check_row(row: Any, line: int, seen: dict[str, int], require_reference: bool,
+               unit: str = "line") -> tuple[Item | None, list[str]]:
     if not isinstance(row, dict):
         return None, [f"not a JSON object (got {type(row).__name__ if row is not None else 'null'})"]
-    item_id, faults = _check_id(row, line, seen)
+    item_id, faults = _check_id(row, line, seen, unit)
     if "messages" not in row:
-        faults.append("no `messages` field")
+        faults.append(NO_MESSAGES)
     else:
         message_faults = _message_faults(row["messages"])
         names = None
@@ -148,7 +219,7 @@ def _check_row(row: Any, line: int, seen: dict[str, int], require_reference: boo
         faults += message_faults
     reference = _reference(row)
     if require_reference and reference is None:
-        faults.append("no `reference_answer` (at top level or as `metadata.reference_answer`)")
+        faults.append(NO_REFERENCE)
     if faults:
         return None, faults
     return Item(id=item_id, messages=row["messages"], reference_answer=reference, metadata=_metadata(row)), []
@@ -161,68 +232,106 @@ def _open_checked(path: Path) -> None:
         raise UserError(f"{path} is a directory; give the path of a .jsonl file")
 
 
-def validate_file(path: str | Path, require_reference: bool = False, check_row=None) -> ValidationReport:
+def jsonl_rows(f) -> Iterable[tuple[int, int, Any, str | None]]:
+    """(line number, byte offset, value, parse error) of every non-blank line of a file opened "rb"."""
+    offset = 0
+    for line, raw in enumerate(f, start=1):
+        start, offset = offset, offset + len(raw)
+        value, error = _parse_line(raw.rstrip(b"\r\n"), line)
+        if value is not None or error is not None:
+            yield line, start, value, error
+
+
+def scan_rows(report: ValidationReport, rows: Iterable[tuple[int, int, Any, str | None]], check_row,
+              keep: str = "items") -> ValidationReport:
+    """Check each (number, offset, value, parse error) with `check_row(value, number, seen)`, into `report`.
+
+    keep="items": the good values in report.items; "index": their numbers and offsets; "count": only n_good.
+    """
+    if keep not in KEEPS:
+        raise ValueError(f"keep must be one of {KEEPS} (got {keep!r})")
+    seen = IdTable()
+    for number, offset, value, error in rows:
+        report.n_lines += 1
+        item, faults = (None, [error]) if error else check_row(value, number, seen)
+        report.problems += [Problem(number, reason) for reason in faults]
+        if item is None:
+            continue
+        report.n_good += 1
+        if keep == "items":
+            report.items.append(item)
+        elif keep == "index":
+            report.numbers.append(number)
+            report.offsets.append(offset)
+    return report
+
+
+def validate_file(path: str | Path, require_reference: bool = False, check_row=None,
+                  keep: str = "items") -> ValidationReport:
     """Check every line of a JSONL file; raises UserError only when the file cannot be read.
 
     `check_row(row, line, seen) -> (value | None, faults)` reads other row kinds (data/rows.py);
-    the default reads Items.
+    the default reads Items. `keep`: what of the good lines the report holds (scan_rows).
     """
     check_row = check_row or (lambda row, line, seen: _check_row(row, line, seen, require_reference))
     path = Path(path)
     _open_checked(path)
     report = ValidationReport(path=path, n_lines=0, items=[], problems=[])
-    seen: dict[str, int] = {}
     try:
         with path.open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                value, error = _parse_line(raw.rstrip(b"\r\n"), line)
-                if value is None and error is None:
-                    continue
-                report.n_lines += 1
-                item, faults = (None, [error]) if error else check_row(value, line, seen)
-                report.problems += [Problem(line, reason) for reason in faults]
-                if item is not None:
-                    report.items.append(item)
+            scan_rows(report, jsonl_rows(f), check_row, keep)
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     return report
 
 
+def _empty(report: ValidationReport) -> str:
+    return f"{report.name}: no items (" + ("the file is empty)" if report.unit == "line" else "it has no rows)")
+
+
 def format_report(report: ValidationReport, max_problems: int | None = None) -> str:
-    """`path:LINE: reason` rows (at most `max_problems`), then a one-line summary."""
+    """`path:LINE: reason` (`path:row N: reason`) rows (at most `max_problems`), then a one-line summary."""
     if not report.n_lines:
-        return f"{report.path}: no items (the file is empty)"
+        return _empty(report)
     shown = report.problems if max_problems is None else report.problems[:max_problems]
-    rows = [f"{report.path}:{p.line}: {p.reason}" for p in shown]
+    where = "" if report.unit == "line" else f"{report.unit} "
+    rows = [f"{report.name}:{where}{p.line}: {p.reason}" for p in shown]
     if len(shown) < len(report.problems):
         rows.append(f"... and {len(report.problems) - len(shown)} more problems")
-    n_bad = len(report.bad_lines)
+    n_bad, unit = len(report.bad_lines), report.unit
     if n_bad:
-        rows.append(f"{n_bad} bad line{'s' if n_bad != 1 else ''} out of {report.n_lines} in {report.path}")
+        rows.append(f"{n_bad} bad {unit}{'s' if n_bad != 1 else ''} out of {report.n_lines} in {report.name}")
     else:
-        rows.append(f"ok: {len(report.items)} item{'s' if len(report.items) != 1 else ''} in {report.path}")
+        rows.append(f"ok: {report.n_good} item{'s' if report.n_good != 1 else ''} in {report.name}")
     return "\n".join(rows)
+
+
+def checked(read: Callable[[], ValidationReport], where: str | Path, skip_bad: bool) -> ValidationReport:
+    """`read()`'s report when it can be trained on, else a UserError listing every bad line (good ones kept
+    with skip_bad=True). Shared by load_items and load_source (data/loaders.py), so every format fails alike."""
+    try:
+        report = read()
+    except UserError:
+        raise
+    except Exception as exc:  # a bug here must still reach the user as a message, not a traceback
+        raise UserError(f"{where}: could not read items: {type(exc).__name__}: {exc}") from exc
+    unit = report.unit
+    if not report.n_lines:
+        raise UserError(_empty(report))
+    if not report.n_good:
+        raise UserError(f"{format_report(report, max_problems=20)}\nno {unit} is usable; fix these {unit}s")
+    if report.problems and not skip_bad:
+        raise UserError(
+            f"{format_report(report, max_problems=20)}\n"
+            f"fix these {unit}s, or set data.skip_bad_lines=true to train on the {report.n_good} good ones"
+        )
+    return report
 
 
 def load_items(path: str | Path, require_reference: bool = False, skip_bad: bool = False, check_row=None) -> list[Item]:
     """The file's items, or a UserError listing every bad line (the good ones with skip_bad=True)."""
-    try:
-        report = validate_file(path, require_reference=require_reference, check_row=check_row)
-    except UserError:
-        raise
-    except Exception as exc:  # a bug here must still reach the user as a message, not a traceback
-        raise UserError(f"{path}: could not read items: {type(exc).__name__}: {exc}") from exc
-    if not report.n_lines:
-        raise UserError(f"{report.path}: no items (the file is empty)")
-    if not report.items:
-        raise UserError(f"{format_report(report, max_problems=20)}\nno line is usable; fix these lines")
-    if report.problems and not skip_bad:
-        n_good = len(report.items)
-        raise UserError(
-            f"{format_report(report, max_problems=20)}\n"
-            f"fix these lines, or set data.skip_bad_lines=true to train on the {n_good} good ones"
-        )
-    return report.items
+    return checked(lambda: validate_file(path, require_reference=require_reference, check_row=check_row),
+                   path, skip_bad).items
 
 
 def item_from_row(row: Any, where: str, require_reference: bool = False, any_object: bool = False) -> Item:
