@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -82,20 +82,55 @@ def config_show(
 
 @data_app.command("validate")
 def data_validate(
-    file: Path = typer.Argument(..., help="JSONL file of Items"),
+    file: Path = typer.Argument(..., help="JSONL file of Items, parquet file (verl's layout) or Hugging Face dataset "
+                                          "folder (FOLDER:SPLIT for one split of a DatasetDict)"),
     grader: str = typer.Option(None, "--grader", help="grader type or YAML/JSON file; checks reference_answer if it needs one"),
     require_reference: bool = typer.Option(False, "--require-reference", help="every line must have a reference_answer"),
+    fmt: Literal["auto", "jsonl", "parquet", "hf"] = typer.Option(
+        "auto", "--format", help="auto: parquet for .parquet, hf for a folder, else jsonl"),
+    columns: list[str] = typer.Option(None, "--columns", help="parquet/hf column mapping: key=column (repeatable) or a "
+                                                              "JSON object, e.g. prompt=question reference_answer=answer"),
+    split: str = typer.Option(None, "--split", help="the split of a Hugging Face DatasetDict (default: train)"),
 ) -> None:
-    """Report every bad line of a dataset with its line number; exit 1 if any."""
-    from rftkit.data import format_report, validate_file
+    """Report every bad line (row) of a dataset with its number; exit 1 if any. Keeps no items: any size validates."""
+    from rftkit.data import format_report
+    from rftkit.data.loaders import parse_columns, validate_source
     from rftkit.graders import build_grader, load_grader_spec
 
     if grader:
         require_reference = require_reference or build_grader(load_grader_spec(grader), "--grader").needs_reference
-    report = validate_file(file, require_reference=require_reference)
+    report = validate_source(file, fmt=fmt, columns=parse_columns(columns), split=split,
+                             require_reference=require_reference)
     text = format_report(report)
-    (out if report.ok else err).print(text, highlight=False, markup=False)
+    (out if report.ok else err).print(text, highlight=False, markup=False, soft_wrap=True)  # FILE:N: rows stay whole
     raise typer.Exit(0 if report.ok else 1)
+
+
+@data_app.command("from-logs")
+def data_from_logs(
+    path: Annotated[Path, typer.Argument(help="a log file (.json/.jsonl/.log, or gzipped .gz) or a directory of them")],
+    out_file: Annotated[Path, typer.Option("--out", help="the JSONL file of Items to write")],
+    fmt: Annotated[Literal["auto", "bedrock", "openai"], typer.Option("--format", help="auto: per record")] = "auto",
+    model: Annotated[list[str], typer.Option("--model", help="keep calls to this model (id, glob); repeatable")] = None,
+    since: Annotated[str, typer.Option("--since", help="keep calls at or after this ISO date or datetime")] = None,
+    until: Annotated[str, typer.Option("--until", help="keep calls at or before this ISO date(time)")] = None,
+    dedupe: Annotated[bool, typer.Option("--dedupe/--no-dedupe", help="drop prompts seen before")] = True,
+    last_user_turn: Annotated[bool, typer.Option("--last-user-turn", help="only the system and last user turn")] = False,
+    responses: Annotated[Literal["none", "reference", "asft"], typer.Option(
+        "--responses", help="the logged answer as reference_answer, not at all, or as A-SFT rows")] = "reference",
+    kto_out: Annotated[Path, typer.Option("--kto-out", help="also write KTO rows from records with feedback")] = None,
+    report_file: Annotated[Path, typer.Option("--report", help="write the counts and every dropped line here")] = None,
+) -> None:
+    """Logged model calls (Bedrock invocation logs, OpenAI chat-completions logs) -> RFT prompts (docs/DATA.md)."""
+    from rftkit.data import logs
+
+    options = logs.FromLogsOptions(fmt, model or [], since, until, dedupe, last_user_turn, responses, kto_out,
+                                   report_file)
+    result = logs.from_logs(path, out_file, options)
+    if result.shown:
+        err.print(logs.format_drops(result, report_file), highlight=False, markup=False, soft_wrap=True)
+    out.print(logs.format_summary(result, kto_out), highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(0 if result.kept else 1)
 
 
 GraderArg = Annotated[str, typer.Argument(help="YAML/JSON file holding one grader object (or a built-in type name)")]
@@ -108,15 +143,24 @@ def grader_run(
     output: Annotated[str, typer.Option("--output", help="the model's answer to grade ('-' reads stdin)")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: reward, sub_rewards, errors, latency_s")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="deadline of the call in seconds")] = 30.0,
+    reasoning: Annotated[bool, typer.Option("--reasoning", help="split the output into thinking and answer as a "
+                                            "reasoning.enabled run does; the grader scores the answer")] = False,
+    open_tag: Annotated[str, typer.Option("--open-tag", help="with --reasoning: the tag opening a thinking block")] = "<think>",
+    close_tag: Annotated[str, typer.Option("--close-tag", help="with --reasoning: the tag closing it")] = "</think>",
 ) -> None:
     """Grade one answer: print the reward, sub-rewards, error flags and latency."""
     from rftkit.graders import tool
+    from rftkit.rollout.thinking import split_thinking
 
     text = sys.stdin.read() if output == "-" else output
-    result = tool.run(grader, tool.read_item(item), text, timeout)
+    split = split_thinking(text, open_tag, close_tag) if reasoning else None
+    result = tool.run(grader, tool.read_item(item), text, timeout, split)
     if as_json:
         out.print_json(json.dumps(result))
         return
+    if split is not None:
+        out.print(f"thinking ({split.status}): {split.reasoning}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"answer: {split.answer}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"reward: {result['reward']}", highlight=False)
     for name, value in result["sub_rewards"].items():
         out.print(f"  {name}: {value}", highlight=False, markup=False)

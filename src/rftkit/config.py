@@ -126,6 +126,13 @@ class ReasoningConfig(Section):
     close_tag: str = Field("</think>", description="the tag that closes it")
     grade_thinking: bool = Field(False, description="graders see the thinking too (the whole completion)")
 
+    @field_validator("open_tag", "close_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a thinking tag must be non-empty text, e.g. <think> and </think>")
+        return value
+
 
 class ReplayConfig(Section):
     path: str | None = Field(None, description="SFT rows (JSONL conversations) of an older skill to keep; None = no replay")

@@ -88,11 +88,18 @@ class Completion:
     version: int = 0  # the policy version that sampled it (staleness = learner version - version)
     trajectory: Trajectory | None = None  # a multi-turn episode's messages, turns and counts
     prompt_ids: list[int] | None = None  # its own prompt, when it differs from its group's (a black-box agent's)
+    # reasoning models (rollout/thinking.py, set when reasoning.enabled): the thinking, the answer after it (None
+    # with grade_thinking: graders see the whole text) and the tokens the thinking took; `text` stays whole
+    reasoning: str | None = None
+    answer_text: str | None = None
+    thinking_tokens: int | None = None
 
     @property
     def answer(self) -> str:
-        """What graders score: the text, carrying the episode's messages for a trajectory."""
-        return Answer.of(self.text, self.trajectory.messages if self.trajectory else None)
+        """What graders score: the answer part of a split completion, else the text; carrying the episode's
+        messages for a trajectory."""
+        text = self.text if self.answer_text is None else self.answer_text
+        return Answer.of(text, self.trajectory.messages if self.trajectory else None)
 
     @property
     def model_tokens(self) -> int:

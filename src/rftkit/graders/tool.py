@@ -1,6 +1,7 @@
 """`rft grader run` and `rft grader validate`: try a grader on one sample without a model.
 
     rft grader run grader.yaml --item item.json --output "ANSWER: 56"
+    rft grader run grader.yaml --item item.json --output "<think>7*8</think>ANSWER: 56" --reasoning
     rft grader validate grader.yaml --item item.json
 
 A grader file holds one grader object (YAML or JSON). `run` grades through the same
@@ -64,9 +65,18 @@ def describe(grader: Grader, depth: int = 0) -> list[str]:
     return lines
 
 
-def run(path: str, item: Item, output: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Grade one output; the result has `reward`, `sub_rewards`, `errors` and `latency_s`."""
-    return run_grader(load_grader(path), item, output, timeout_s, path)
+def run(path: str, item: Item, output: str, timeout_s: float = 30.0, split: Any = None) -> dict[str, Any]:
+    """Grade one output; the result has `reward`, `sub_rewards`, `errors` and `latency_s`.
+
+    `split`: the output split into thinking and answer (rollout/thinking.py `split_thinking`, which the
+    CLI's `--reasoning` calls: graders may not import rollout), as a run with `reasoning.enabled` splits
+    it. The grader then scores only `split.answer`, and the result adds `reasoning`, `answer` and
+    `thinking_status`.
+    """
+    if split is None:
+        return run_grader(load_grader(path), item, output, timeout_s, path)
+    result = run_grader(load_grader(path), item, split.answer, timeout_s, path)
+    return {**result, "reasoning": split.reasoning, "answer": split.answer, "thinking_status": split.status}
 
 
 def run_grader(grader: Grader, item: Item, output: str, timeout_s: float = 30.0, where: str = "grader") -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """What a step, an evaluation and a report measure, in the metric names RFT users read (DESIGN.md).
 
 - `rollout_metrics`: one step's rewards, lengths and grading counts (`critic/...`, `grader/...`);
+- `reasoning_metrics`: thinking and answer lengths and tokens per correct answer (`response/...`);
 - `passk`: pass@k and mean reward over graded groups (validation, `rft eval`);
 - `health`: warnings read off the metric history (reward hacking, collapse, no signal, ...);
 - `sample_records`: the rows of samples.jsonl.
@@ -15,7 +16,8 @@ import statistics
 from rftkit.metrics.passk import evaluate_groups, pass_at_k
 from rftkit.types import Group
 
-__all__ = ["breakdown_means", "env_metrics", "evaluate_groups", "pass_at_k", "percentile", "rollout_metrics", "sample_records"]
+__all__ = ["breakdown_means", "env_metrics", "evaluate_groups", "pass_at_k", "percentile", "reasoning_metrics",
+           "rollout_metrics", "sample_records"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,6 +56,30 @@ def rollout_metrics(groups: list[Group], grading) -> dict[str, float]:
         "grader/latency_p99": percentile(grading.latencies, 0.99),
         **{f"grader/injected_{kind}": n for kind, n in grading.injected.items()},
         **breakdown_means([c.score for c in completions]),
+    }
+
+
+def reasoning_metrics(groups: list[Group]) -> dict[str, float]:
+    """`response/*` of reasoning models (reasoning.enabled): thinking and answer lengths, budget hits, tokens per correct.
+
+    Lengths are in sampled tokens: the split found in the text is located in token space
+    (rollout/thinking.py `thinking_tokens`: the tags count as thinking, the end-of-turn token as
+    answer), so thinking + answer = `response_length` and nothing is re-tokenised. Completions
+    not split (multi-turn episodes) count in `tokens_per_correct` only. `budget_hit_ratio` stays 0
+    until the engine enforces `reasoning.budget_tokens` (docs/REASONING.md).
+    `tokens_per_correct`: all completion tokens / completions with reward >= 1 (NaN when none is correct).
+    """
+    completions = [c for g in groups for c in g.completions]
+    split = [c for c in completions if c.thinking_tokens is not None]
+    thinking = [c.thinking_tokens for c in split]
+    answers = [max(c.model_tokens - c.thinking_tokens, 0) for c in split]
+    correct = sum(c.score is not None and c.score.reward is not None and c.score.reward >= 1 for c in completions)
+    return {
+        "response/thinking_length_mean": statistics.fmean(thinking) if thinking else float("nan"),
+        "response/thinking_length_max": max(thinking) if thinking else float("nan"),
+        "response/answer_length_mean": statistics.fmean(answers) if answers else float("nan"),
+        "response/budget_hit_ratio": 0.0,
+        "response/tokens_per_correct": sum(c.model_tokens for c in completions) / correct if correct else float("nan"),
     }
 
 
@@ -98,6 +124,9 @@ def sample_records(step: int, groups: list[Group], advantages: list[list[float]]
             })
             if g.item.source is not None:  # a mixture's source (the report groups rollouts by it)
                 rows[-1]["source"] = g.item.source
+            if c.reasoning is not None:  # a reasoning model's split (reasoning.enabled): thinking and answer apart
+                rows[-1]["reasoning"] = c.reasoning
+                rows[-1]["answer"] = c.answer_text if c.answer_text is not None else c.text
             if c.trajectory is not None:  # the report shows it as a conversation
                 rows[-1]["messages"] = c.trajectory.messages
                 rows[-1]["turn_rewards"] = c.trajectory.turn_rewards

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rftkit.errors import UserError
+from rftkit.errors import ConfigError, UserError
 
 _BASE = [{"role": "user", "content": "\x00u"}, {"role": "assistant", "content": "\x00a"}]
 
@@ -78,6 +78,46 @@ def trajectory_ids(tokenizer, steps: list[tuple[str, list[dict]]], tools: list[d
             ids += obs
             mask += [0] * len(obs)
     return ids, mask
+
+
+THINKING_SWITCH = "enable_thinking"  # the chat-template variable Qwen3-style templates read
+
+
+def has_thinking_switch(tokenizer) -> bool:
+    """Whether the tokenizer's chat template reads the thinking switch (`enable_thinking`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    templates = template.values() if isinstance(template, dict) else [template]
+    return any(isinstance(t, str) and THINKING_SWITCH in t for t in templates)
+
+
+def set_thinking_switch(tokenizer, effort: str | None, model: str) -> None:
+    """Map `reasoning.effort` onto the chat template's thinking switch, before any prompt is rendered.
+
+    effort None leaves the template's default. `none` on a template without a switch is accepted:
+    the template has no thinking to switch off (a model that thinks anyway is still split). `low` or
+    `high` on such a template cannot be honoured, so it stops the run (exit 2) rather than being
+    ignored. With a switch, `enable_thinking = (effort != "none")` becomes the template's default:
+    a line prepended to the template text, so every path that renders a prompt (engines, episodes,
+    validation, a Ray worker given the tokenizer) renders it the same way without each passing a
+    keyword, and a caller's explicit `enable_thinking=` still wins. The saved checkpoint's
+    tokenizer keeps that default, as it was trained. low and high switch the same way; they
+    differ only through the thinking budget (docs/REASONING.md).
+    """
+    if effort is None:
+        return
+    if not has_thinking_switch(tokenizer):
+        if effort == "none":
+            return
+        raise ConfigError(f"reasoning.effort: {effort} needs a chat template with a thinking switch "
+                          f"({THINKING_SWITCH}), and the template of model {model} has none; set reasoning.effort to "
+                          f"none or leave it unset, or use a model whose template reads {THINKING_SWITCH} (e.g. Qwen3)")
+    value = "true" if effort != "none" else "false"
+    default = f"{{%- if {THINKING_SWITCH} is not defined %}}{{%- set {THINKING_SWITCH} = {value} %}}{{%- endif %}}"
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        tokenizer.chat_template = {name: default + t if THINKING_SWITCH in t else t for name, t in template.items()}
+    else:
+        tokenizer.chat_template = default + template
 
 
 def _plain(message: dict) -> dict:

@@ -30,6 +30,7 @@ from rftkit.metrics import sample_records
 from rftkit.metrics.health import HealthMonitor
 from rftkit.distributed import LearnerGroup
 from rftkit.models import apply_lora, load_tokenizer
+from rftkit.models.chat import set_thinking_switch
 from rftkit.policy import LocalPolicy
 from rftkit.train.checkpoint import checkpoint_dir, latest_checkpoint, resumable, save_checkpoint
 from rftkit.train import memory
@@ -132,6 +133,7 @@ class Trainer:
         write_lineage(self.run_dir, cfg, start_from, model_path)
         self.model_path = model_path
         self.tokenizer = load_tokenizer(model_path)
+        set_thinking_switch(self.tokenizer, cfg.reasoning.effort, cfg.model.path)  # exit 2 if it has no switch
         self.policy = self._policy(model_path)
         self.stage.model_path = model_path  # the folder the weights came from (an engine in another process loads it)
         self.stage.build(self.policy, self.tokenizer)

@@ -33,11 +33,12 @@ from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_
 from rftkit.distributed import AheadPipeline, RayEngine, RayGraderExecutor, WorkerRequest, connect
 from rftkit.graders import build_grader
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
-from rftkit.metrics import env_metrics, evaluate_groups, rollout_metrics
+from rftkit.metrics import env_metrics, evaluate_groups, reasoning_metrics, rollout_metrics
 from rftkit.models.batching import pad_right
 from rftkit.policy import LossSpec, Row
 from rftkit.rollout.base import SamplingParams
 from rftkit.rollout.select import choose_engine
+from rftkit.rollout.thinking import split_groups
 from rftkit.rollout.hf import HFEngine
 from rftkit.train.stages.base import Stage, StepResult
 from rftkit.train.stages.replay import Replay
@@ -123,9 +124,9 @@ class GeneratingStage(Stage):
 
     def generate(self, items: list, n: int) -> list[Group]:
         """n completions per item: one answer each, or with an environment n multi-turn episodes (agents/)."""
-        if self.environment is None:
-            return self.engine.generate(items, n, self.sampling)
-        return run_episodes(self.engine, self.tokenizer, self.environment, items, n, self.sampling)
+        groups = (self.engine.generate(items, n, self.sampling) if self.environment is None
+                  else run_episodes(self.engine, self.tokenizer, self.environment, items, n, self.sampling))
+        return split_groups(groups, self.cfg.reasoning, self.tokenizer)  # reasoning models: graders see the answer
 
     def rollouts(self, n_prompts: int) -> Rollouts:
         """Stages 1 and 2: `rollout.num_generations` completions of the next `n_prompts` prompts, graded.
@@ -256,7 +257,8 @@ class GRPOStage(GeneratingStage):
         metrics = {**rollout_metrics(every.groups, every.grading), **env_metrics(every.groups),
                    **self.update_metrics(updates, kl, bool(batch)),
                    **timing, **self.variant_metrics(batch, every, rewards), **self.runtime_metrics(),
-                   **self.async_metrics(every.groups, stale, updates), **source_metrics(every.groups, self.prompts.names)}
+                   **self.async_metrics(every.groups, stale, updates), **source_metrics(every.groups, self.prompts.names),
+                   **(reasoning_metrics(every.groups) if self.cfg.reasoning.enabled else {})}
         return StepResult(metrics, every.groups, self.advantages_of(every.groups, batch, advantages))
 
     def state(self) -> dict:
