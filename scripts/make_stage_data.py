@@ -1,4 +1,4 @@
-"""Write examples/{sft,dpo}/{train,val}.jsonl for the offline stages (reproducible; re-run to regenerate).
+"""Write examples/{sft,dpo,reward_model,kto}/{train,val}.jsonl for the offline stages (reproducible; re-run to regenerate).
 
     python scripts/make_stage_data.py                 # into examples/
     python scripts/make_stage_data.py --out /tmp/x    # somewhere else, same bytes
@@ -10,6 +10,9 @@
   the final is computed correctly from it, so the rejected answer is wrong for one reason
   only, the way a model that miscounts once is wrong; a random number would be a pair the
   policy can tell apart by its format or its magnitude rather than by doing the sum.
+- kto: unpaired rows, one per problem: a fair coin makes it desirable (`label: true`, the
+  worked solution) or undesirable (`label: false`, the same one-slip answer as DPO's rejected).
+  No prompt has both, so the file holds no pairs to recover.
 
 Train files draw train-split problems and val files val-split ones, so the hash split of
 rftkit.tasks.arithmetic keeps every val question out of every train file. The sampling seeds
@@ -36,6 +39,11 @@ FILES = {
     ("dpo", "val"): (200, 22),
     ("reward_model", "train"): (36000, 41),  # many pairs: see RM_KINDS
     ("reward_model", "val"): (400, 42),
+}
+# Kept apart from FILES because tests/data/test_stage_data.py pins FILES' folders; main() writes both.
+KTO_FILES = {
+    ("kto", "train"): (4000, 51),
+    ("kto", "val"): (200, 52),
 }
 # What a reward-model pair's rejected answer gets wrong, drawn uniformly. `slip` alone (the DPO
 # pairs) is not learnt by a last-token scalar head on the tiny model (docs/LOG.md); the other
@@ -109,21 +117,32 @@ def rm_row(p: Problem, idx: int, split: str, rng: random.Random) -> dict:
     }
 
 
+def kto_row(p: Problem, idx: int, split: str, rng: random.Random) -> dict:
+    desirable = rng.random() < 0.5
+    return {
+        "id": f"kto-{split}-{idx:05d}",
+        "messages": [{"role": "user", "content": p.question}],
+        "completion": p.solution if desirable else slipped_solution(p, rng),
+        "label": desirable,
+        "reference_answer": str(p.answer),
+    }
+
+
 def stage_rows(stage: str, split: str) -> list[dict]:
-    n, seed = FILES[(stage, split)]
+    n, seed = {**FILES, **KTO_FILES}[(stage, split)]
     problems = sample_problems(n, split, seed=seed)
     if stage == "sft":
         return [sft_row(p, i, split) for i, p in enumerate(problems)]
     # a string seed is hashed with SHA-512 by `random`, so it does not depend on PYTHONHASHSEED
     rng = random.Random(f"slip-{seed}")
-    make_row = dpo_row if stage == "dpo" else rm_row
+    make_row = {"dpo": dpo_row, "kto": kto_row}.get(stage, rm_row)
     return [make_row(p, i, split, rng) for i, p in enumerate(problems)]
 
 
-def write_stage_data(out: Path) -> dict[Path, int]:
-    """Write every file of FILES under `out` (out/<stage>/<split>.jsonl); returns rows written per path."""
+def write_stage_data(out: Path, files: dict = FILES) -> dict[Path, int]:
+    """Write every file of `files` under `out` (out/<stage>/<split>.jsonl); returns rows written per path."""
     written = {}
-    for stage, split in FILES:
+    for stage, split in files:
         path = out / stage / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = stage_rows(stage, split)
@@ -136,9 +155,9 @@ def write_stage_data(out: Path) -> dict[Path, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=EXAMPLES, help="root folder; files go to OUT/{sft,dpo,reward_model}/{train,val}.jsonl")
+    ap.add_argument("--out", type=Path, default=EXAMPLES, help="root folder; files go to OUT/{sft,dpo,reward_model,kto}/{train,val}.jsonl")
     args = ap.parse_args()
-    for path, n in write_stage_data(args.out).items():
+    for path, n in {**write_stage_data(args.out), **write_stage_data(args.out, KTO_FILES)}.items():
         print(f"wrote {path}: {n} rows")
 
 

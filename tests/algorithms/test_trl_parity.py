@@ -24,6 +24,9 @@ Mapping (ours <-> TRL):
   it); sigmoid with label_smoothing (cDPO) <-> loss_type="aot" on one pair (sorting one pair is the
   identity, and aot is then the cDPO formula); ipo <-> "ipo" with our per-token average log-probs.
 - bradley_terry_loss / preference_accuracy <-> RewardTrainer.compute_loss (with and without margin).
+- kl_baseline + kto_loss <-> KTOTrainer._compute_loss, loss_type="kto", precomputed reference log-probs
+  (precompute_ref_logps) and the KL term on (calculate_KL): the batch's mismatched KL pairs are TRL's
+  KL_input_ids; per-example losses are read from TRL by batches of one example with the same KL pairs.
 """
 
 import math
@@ -34,7 +37,7 @@ import pytest
 import torch
 import trl
 from torch.testing import assert_close
-from trl import DPOTrainer, GRPOTrainer, RewardTrainer, RLOOTrainer
+from trl import DPOTrainer, GRPOTrainer, KTOTrainer, RewardTrainer, RLOOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
 from rftkit.algorithms.dpo import LOSSES, dpo_loss, sequence_logps
@@ -50,6 +53,7 @@ from rftkit.algorithms.grpo import (
     overlong_penalty,
     rloo,
 )
+from rftkit.algorithms.kto import kl_baseline, kto_loss
 from rftkit.algorithms.reward_model import bradley_terry_loss, preference_accuracy
 
 TRL_VERSION = "1.16.0"
@@ -390,3 +394,91 @@ def test_bradley_terry_loss_and_accuracy_match_trl(with_margin):
     assert_close(loss, trl_loss)
     assert_close(grad, trl_grad)
     assert preference_accuracy(scores[:8, 0], scores[8:, 0]).item() == pytest.approx(fake._metrics["train"]["accuracy"][0])
+
+
+# --- KTO ---------------------------------------------------------------------------------------------
+
+
+def trl_kto_loss(token_logps, completion_mask, labels, ref_logps, kl_token_logps, kl_completion_mask, ref_kl_logps,
+                 beta, desirable_weight, undesirable_weight):
+    """KTOTrainer._compute_loss (loss_type "kto") with precomputed reference log-probs; the model returns given log-probs.
+
+    token_logps: [B, T-1] log-probs of tokens 1..T-1 of the (prompt, completion) rows, completion_mask [B, T],
+    labels [B] bool, ref_logps [B] summed; kl_*: the same for the K mismatched KL rows. Returns (loss, metrics).
+    """
+    def model(input_ids, labels, **kwargs):
+        given = kl_token_logps if int(input_ids[0, 0]) == 2 else token_logps  # KL rows' ids are 2s, the others 1s
+        keep = labels[:, 1:] != -100  # TRL's fused LM head: 0 where the label is -100
+        zeros = torch.zeros_like(given)
+        return types.SimpleNamespace(log_probs=given.masked_fill(~keep, 0.0), entropy=zeros, mean_logits=zeros)
+
+    fake = _trainer(loss_type="kto", beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+                    calculate_KL=True, precompute_ref_logps=True, aux_loss_enabled=False, _total_train_tokens=0, _tp_size=1)
+    fake._compute_kl_logps = lambda m, batch: KTOTrainer._compute_kl_logps(fake, m, batch)
+    ones = lambda mask, fill: torch.full(mask.shape, fill, dtype=torch.long)  # noqa: E731
+    inputs = {
+        "input_ids": ones(completion_mask, 1), "attention_mask": ones(completion_mask, 1),
+        "completion_mask": completion_mask.long(),
+        "KL_input_ids": ones(kl_completion_mask, 2), "KL_attention_mask": ones(kl_completion_mask, 1),
+        "KL_completion_mask": kl_completion_mask.long(),
+        "label": labels, "ref_logps": ref_logps, "ref_KL_logps": ref_kl_logps,
+    }
+    return KTOTrainer._compute_loss(fake, model, inputs, return_outputs=False), fake._metrics["train"]
+
+
+def _random_unpaired(n=7, width=8, kl_shift=0.0, seed=0):
+    """Rows of unpaired examples after a 2-token prompt (both labels), their mismatched KL rows, and reference sums.
+
+    The KL rows' reference log-probs are the policy's shifted by `kl_shift` per row (plus noise): a positive
+    shift makes the KL estimate positive, a negative one makes TRL and us clamp it to 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(k):
+        lengths = torch.randint(1, width - 1, (k,), generator=g)
+        positions = torch.arange(width)[None, :]
+        mask = ((positions >= 2) & (positions < 2 + lengths[:, None])).float()  # [k, T]
+        return (torch.randn(k, width - 1, generator=g) - 1.5), mask
+
+    token_logps, completion_mask = rows(n)
+    token_logps.requires_grad_()
+    labels = torch.rand(n, generator=g) < 0.5
+    labels[0], labels[1] = True, False
+    ref_logps = sequence_logps(token_logps.detach(), completion_mask[:, 1:]) + torch.randn(n, generator=g)
+    kl_token_logps, kl_mask = rows(n)
+    ref_kl = sequence_logps(kl_token_logps, kl_mask[:, 1:]) - kl_shift + 0.1 * torch.randn(n, generator=g)
+    return token_logps, completion_mask, labels, ref_logps, kl_token_logps, kl_mask, ref_kl
+
+
+@pytest.mark.parametrize("kl_shift,desirable_weight,undesirable_weight", [(0.8, 1.0, 1.0), (-0.8, 1.5, 0.7), (0.5, 0.6, 2.0)])
+def test_kto_loss_gradient_and_rewards_match_trl(kl_shift, desirable_weight, undesirable_weight):
+    tok, mask, labels, ref, kl_tok, kl_mask, ref_kl = _random_unpaired(kl_shift=kl_shift, seed=int(10 * kl_shift) + 3)
+    beta = 0.3
+    trl_loss, metrics = trl_kto_loss(tok, mask, labels, ref, kl_tok, kl_mask, ref_kl, beta, desirable_weight, undesirable_weight)
+    (trl_grad,) = torch.autograd.grad(trl_loss, tok)
+
+    policy = sequence_logps(tok, mask[:, 1:])  # [B]
+    kl = kl_baseline(sequence_logps(kl_tok, kl_mask[:, 1:]), ref_kl)
+    out = kto_loss(policy[labels], policy[~labels], ref[labels], ref[~labels], kl, beta, desirable_weight, undesirable_weight)
+    (grad,) = torch.autograd.grad(out.loss, tok)
+    exact = dict(rtol=0.0, atol=1e-6)
+    assert (metrics["kl"][0] > 0) == (kl_shift > 0), "the inputs should put the KL estimate on the intended side of 0"
+    assert_close(out.loss, trl_loss, **exact)
+    assert_close(grad, trl_grad, **exact)
+    assert out.kl.item() == pytest.approx(metrics["kl"][0], abs=1e-6)
+    assert out.rewards_desirable.mean().item() == pytest.approx(metrics["rewards/chosen"][0], abs=1e-6)
+    assert out.rewards_undesirable.mean().item() == pytest.approx(metrics["rewards/rejected"][0], abs=1e-6)
+
+    # per example: TRL on a batch of one example, the same KL rows (TRL's z0 depends only on those)
+    per_loss, per_reward = [], []
+    for i in range(len(labels)):
+        one = slice(i, i + 1)
+        loss_i, metrics_i = trl_kto_loss(tok[one], mask[one], labels[one], ref[one], kl_tok, kl_mask, ref_kl, beta,
+                                         desirable_weight, undesirable_weight)
+        per_loss.append(loss_i.detach())
+        per_reward.append(metrics_i["rewards/chosen" if labels[i] else "rewards/rejected"][0])
+    per_loss, per_reward = torch.stack(per_loss), torch.tensor(per_reward)
+    assert_close(out.desirable_losses.detach(), per_loss[labels], **exact)
+    assert_close(out.undesirable_losses.detach(), per_loss[~labels], **exact)
+    assert_close(out.rewards_desirable, per_reward[labels], **exact)
+    assert_close(out.rewards_undesirable, per_reward[~labels], **exact)

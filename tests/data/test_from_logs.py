@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from rftkit.cli import app
 from rftkit.data import validate_file
 from rftkit.data.logs_shapes import answer_text, prompt_messages, request_messages
-from rftkit.data.rows import ROW_KINDS, load_rows
+from rftkit.data.rows import load_rows
 from rftkit.errors import UserError
 from tests.conftest import REPO, run_cli
 
@@ -295,9 +295,8 @@ def test_kto_rows_from_feedback(tmp_path: Path):
         assert r["messages"][-1]["role"] == "user"
     assert rows[0]["messages"] == [{"role": "system", "content": SYS}, {"role": "user", "content": "q1"}]
     assert validate_file(kto).ok  # the prompts read back as Items too
-    if "unpaired" in ROW_KINDS:  # the KTO stage's reader (data/rows.py), where this tree has it
-        assert [(x.id, x.completion, x.label) for x in load_rows(kto, "unpaired")] == [
-            (r["id"], r["completion"], r["label"]) for r in rows]
+    assert [(x.id, x.completion, x.label) for x in load_rows(kto, "unpaired")] == [  # the KTO stage's reader
+        (r["id"], r["completion"], r["label"]) for r in rows]
     items = {r["id"]: r for r in items_of(out)}
     assert items["up"]["metadata"]["feedback"] is True and "feedback" not in items["unclear"]["metadata"]
 

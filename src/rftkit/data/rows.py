@@ -8,6 +8,10 @@
   (TRL's conversational form); optional numeric `margin`.
 - Logged (`asft`): `messages`, `response` and `reward` (a number, or null for a failed
   grading: the row is kept and gets weight 0).
+- Unpaired (`kto`): `messages` (the prompt), `completion` (or its alias `response`; a string,
+  an assistant message or a one-message list) and `label`, a JSON boolean: true for a
+  desirable answer, false for an undesirable one (TRL's unpaired-preference format, with the
+  prompt as `messages`).
 
 Each fault is reported as `FILE:LINE: reason`, like Items, and nothing trains on a file
 with bad lines unless data.skip_bad_lines is set.
@@ -15,6 +19,7 @@ with bad lines unless data.skip_bad_lines is set.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,14 @@ class LoggedResponse:
     messages: list[dict[str, str]]
     response: str
     reward: float | None  # None: the grading failed; the row gets weight 0
+
+
+@dataclass
+class UnpairedExample:
+    id: str
+    messages: list[dict[str, str]]  # the prompt, ending with the user's turn
+    completion: str
+    label: bool  # True: desirable
 
 
 def _answer_text(value: Any, name: str) -> tuple[str | None, list[str]]:
@@ -126,7 +139,34 @@ def _check_logged(row: Any, line: int, seen: dict[str, int]):
     return (None, faults) if faults else (LoggedResponse(row_id, row["messages"], response, reward), [])
 
 
-ROW_KINDS = {"conversation": _check_conversation, "preference": _check_preference, "logged": _check_logged}
+def _check_unpaired(row: Any, line: int, seen: dict[str, int]):
+    if not isinstance(row, dict):
+        return None, ["not a JSON object"]
+    row_id, faults = _check_id(row, line, seen)
+    if "messages" in row:
+        faults += _message_faults(row["messages"])
+    else:
+        trl = "; TRL's `prompt` is spelled `messages` here" if "prompt" in row else ""
+        faults.append(f"no `messages` field (the prompt{trl})")
+    names = [name for name in ("completion", "response") if name in row]
+    completion = None
+    if not names:
+        faults.append("no `completion` field (the answer; `response` is accepted too)")
+    elif len(names) == 2:
+        faults.append("both `completion` and `response`: give the answer once")
+    else:
+        completion, more = _answer_text(row[names[0]], names[0])
+        faults += more
+    label = row.get("label")
+    if "label" not in row:
+        faults.append("no `label` field (true for a desirable answer, false for an undesirable one)")
+    elif not isinstance(label, bool):
+        faults.append(f"`label` must be true or false, a JSON boolean (got {json.dumps(label)})")
+    return (None, faults) if faults else (UnpairedExample(row_id, row["messages"], completion, label), [])
+
+
+ROW_KINDS = {"conversation": _check_conversation, "preference": _check_preference, "logged": _check_logged,
+             "unpaired": _check_unpaired}
 
 
 def load_rows(path: str | Path, kind: str, skip_bad: bool = False) -> list:

@@ -17,6 +17,7 @@ STAGES = {
     "reward_model": "rftkit.train.stages.reward_model:RewardModelStage",
     "rejection_sampling": "rftkit.train.stages.rejection_sampling:RejectionSamplingStage",
     "asft": "rftkit.train.stages.asft:ASFTStage",
+    "kto": "rftkit.train.stages.kto:KTOStage",
 }
 
 
