@@ -256,7 +256,7 @@ def env_validate(env_file: EnvArg) -> None:
 @eval_app.command("run")
 def eval_run(
     model: ModelOpt = "bundled:tiny-arith",
-    data: Path = typer.Option(..., "--data", help="JSONL file of Items"),
+    data: Path = typer.Option(..., "--data", help="Items: JSONL, parquet (verl layout) or a Hugging Face dataset folder"),
     grader: GraderOpt = "answer_match",
     samples: int = typer.Option(8, "--samples", "-k", min=1, help="completions per item (K of pass@K)"),
     out_file: OutOpt = None,
@@ -278,7 +278,7 @@ def eval_run(
 @eval_app.command("baseline")
 def eval_baseline(
     model: ModelOpt = "bundled:tiny-arith",
-    data: Path = typer.Option(..., "--data", help="JSONL file of Items (the training prompts, or a sample of them)"),
+    data: Path = typer.Option(..., "--data", help="Items (JSONL, parquet, HF dataset folder): the training prompts, or a sample of them"),
     grader: GraderOpt = "answer_match",
     n: int = typer.Option(8, "-n", "--samples", min=2, help="attempts per prompt (use the run's num_generations)"),
     out_file: OutOpt = None,
@@ -310,7 +310,7 @@ def eval_baseline(
 def eval_compare(
     base: str = typer.Option(..., "--base", help="the model before tuning"),
     tuned: str = typer.Option(..., "--tuned", help="the tuned model (e.g. RUN_DIR/final)"),
-    data: Path = typer.Option(..., "--data", help="held-out JSONL file of Items"),
+    data: Path = typer.Option(..., "--data", help="held-out Items (JSONL, parquet, HF dataset folder)"),
     grader: GraderOpt = "answer_match",
     n: int = typer.Option(8, "-n", "--samples", min=1, help="completions per item and model"),
     out_file: OutOpt = None,

@@ -125,6 +125,10 @@ class ReasoningConfig(Section):
     open_tag: str = Field("<think>", description="the tag that opens a thinking block")
     close_tag: str = Field("</think>", description="the tag that closes it")
     grade_thinking: bool = Field(False, description="graders see the thinking too (the whole completion)")
+    efficiency: Literal["none", "linear", "rank"] = Field("none", description="token efficiency among correct answers: "
+                                                          "linear: reward * (1 - alpha * thinking / budget); rank: the "
+                                                          "group's longest correct thinking loses alpha (docs/REASONING.md)")
+    efficiency_alpha: float = Field(0.5, ge=0, le=1, description="the most reward shorter thinking can take away")
 
     @field_validator("open_tag", "close_tag")
     @classmethod

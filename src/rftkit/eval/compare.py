@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rftkit.metrics.passk import per_item
+from rftkit.eval.run import token_cost
+from rftkit.metrics.calibration import calibration_summary
+from rftkit.metrics.passk import passed, per_item
 from rftkit.types import Group
 
 
@@ -26,8 +28,7 @@ def paired_bootstrap_ci(deltas: np.ndarray, n_boot: int = 2000, seed: int = 0, l
 def _answer(group: Group, want_pass: bool, pass_threshold: float = 1.0) -> str:
     """One completion of the group, preferring a passing (or failing) one to illustrate the flip."""
     for c in group.completions:
-        r = c.score.reward if c.score else None
-        if (r is not None and r >= pass_threshold - 1e-9) == want_pass:
+        if passed(c.score, pass_threshold) == want_pass:
             return c.text
     return group.completions[0].text
 
@@ -57,11 +58,25 @@ def compare_groups(base: list[Group], tuned: list[Group], k: int, n_boot: int = 
                 "tuned_answer": _answer(tuned[i], want_pass=improved)}
 
     return {
-        "n_items": len(base), "samples": k, "metrics": metrics,
+        "n_items": len(base), "samples": k, "metrics": metrics, **side_by_side(base, tuned),
         "items": {"wins": int((d1 > 0).sum()), "losses": int((d1 < 0).sum()), "ties": int((d1 == 0).sum())},
         "flipped": {"improved": [example(i) for i in order[::-1][:n_examples] if d1[i] > 0],
                     "regressed": [example(i) for i in order[:n_examples] if d1[i] < 0]},
     }
+
+
+def side_by_side(base: list[Group], tuned: list[Group]) -> dict:
+    """What an answer costs (completion tokens per sample and per correct one) and, with a `calibration` grader,
+    ECE, for both models: {"cost": {...}, "calibration": {...}} (the latter only when both stated confidences)."""
+    cost = {"base": token_cost(base), "tuned": token_cost(tuned)}
+    b, t = cost["base"]["tokens_per_correct"], cost["tuned"]["tokens_per_correct"]
+    cost["tokens_per_correct_change"] = t / b - 1 if b == b and t == t and b else float("nan")  # NaN-safe ratio
+    out = {"cost": cost}
+    cal = [calibration_summary([c.score for g in groups for c in g.completions]) for groups in (base, tuned)]
+    if all(cal):
+        out["calibration"] = {"base": cal[0], "tuned": cal[1], "ece_ratio": cal[1]["ece"] / cal[0]["ece"]
+                              if cal[0]["ece"] else float("nan")}
+    return out
 
 
 def to_markdown(result: dict, base_name: str = "base", tuned_name: str = "tuned") -> str:
@@ -72,6 +87,13 @@ def to_markdown(result: dict, base_name: str = "base", tuned_name: str = "tuned"
         mark = " *" if m["significant"] else ""
         rows.append(f"| {name} | {m['base']:.3f} | {m['tuned']:.3f} | {m['delta']:+.3f}{mark} | "
                     f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] |")
+    if "cost" in result:
+        c = result["cost"]
+        rows.append(f"| tokens per correct answer | {c['base']['tokens_per_correct']:.1f} | "
+                    f"{c['tuned']['tokens_per_correct']:.1f} | {100 * c['tokens_per_correct_change']:+.1f}% | |")
+    if "calibration" in result:
+        c = result["calibration"]
+        rows.append(f"| ECE | {c['base']['ece']:.3f} | {c['tuned']['ece']:.3f} | x{c['ece_ratio']:.2f} | |")
     it = result["items"]
     rows += ["", f"Per item (pass@1): **{it['wins']} wins, {it['losses']} losses, {it['ties']} ties**.", ""]
     for title, key in (("Improved", "improved"), ("Regressed", "regressed")):

@@ -73,7 +73,8 @@ GRADER_TYPES: dict[str, str] = {
     "label_model": "judge:LabelModelGrader",
     "python": "python_grader:PythonGrader",
     "multi": "multi:MultiGrader",
-    "by_source": "route:SourceRouter",  # a mixture's per-source graders (data.train sources with `grader:`)
+    "by_source": "route:SourceRouter",
+    "calibration": "calibration:CalibrationGrader",  # correctness + a proper scoring rule on the stated confidence  # a mixture's per-source graders (data.train sources with `grader:`)
     # rftkit built-ins
     "math": "mathgrader:MathGrader",
     "regex": "format:RegexGrader",
@@ -150,6 +151,8 @@ def resolve_grader_paths(spec: Any, root: Path) -> Any:
             out[key] = str(root / value)
     if isinstance(out.get("graders"), dict):
         out["graders"] = {k: _sub_grader(v, root) for k, v in out["graders"].items()}
+    if isinstance(out.get("grader"), (dict, str)):  # a wrapper's one inner grader (calibration)
+        out["grader"] = _sub_grader(out["grader"], root)
     return out
 
 

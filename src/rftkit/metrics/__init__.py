@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from rftkit.metrics.passk import evaluate_groups, pass_at_k
+from rftkit.metrics.passk import evaluate_groups, pass_at_k, passed
 from rftkit.types import Group
 
 __all__ = ["breakdown_means", "env_metrics", "evaluate_groups", "pass_at_k", "percentile", "reasoning_metrics",
@@ -65,20 +65,22 @@ def reasoning_metrics(groups: list[Group]) -> dict[str, float]:
     Lengths are in sampled tokens: the split found in the text is located in token space
     (rollout/thinking.py `thinking_tokens`: the tags count as thinking, the end-of-turn token as
     answer), so thinking + answer = `response_length` and nothing is re-tokenised. Completions
-    not split (multi-turn episodes) count in `tokens_per_correct` only. `budget_hit_ratio` stays 0
-    until the engine enforces `reasoning.budget_tokens` (docs/REASONING.md).
-    `tokens_per_correct`: all completion tokens / completions with reward >= 1 (NaN when none is correct).
+    not split (multi-turn episodes) count in `tokens_per_correct` only. `budget_hit_ratio`: the share
+    of split completions whose thinking the engine closed at `reasoning.budget_tokens` (rollout/budget.py;
+    the close tag it inserted counts as thinking, with loss mask 0).
+    `tokens_per_correct`: all completion tokens / correct completions (metrics/passk.py `passed`; NaN when none).
     """
     completions = [c for g in groups for c in g.completions]
     split = [c for c in completions if c.thinking_tokens is not None]
     thinking = [c.thinking_tokens for c in split]
-    answers = [max(c.model_tokens - c.thinking_tokens, 0) for c in split]
-    correct = sum(c.score is not None and c.score.reward is not None and c.score.reward >= 1 for c in completions)
+    answers = [max(len(c.token_ids) - c.thinking_tokens, 0) for c in split]
+    cut = [c for c in split if c.trajectory is None and c.loss_mask is not None and 0 in c.loss_mask]
+    correct = sum(passed(c.score) for c in completions)
     return {
         "response/thinking_length_mean": statistics.fmean(thinking) if thinking else float("nan"),
         "response/thinking_length_max": max(thinking) if thinking else float("nan"),
         "response/answer_length_mean": statistics.fmean(answers) if answers else float("nan"),
-        "response/budget_hit_ratio": 0.0,
+        "response/budget_hit_ratio": len(cut) / len(split) if split else float("nan"),
         "response/tokens_per_correct": sum(c.model_tokens for c in completions) / correct if correct else float("nan"),
     }
 

@@ -23,15 +23,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def passed(score, pass_threshold: float = 1.0) -> bool:
+    """A pass: the grader's `correct` breakdown when it reports one, else reward >= pass_threshold."""
+    if score is None or score.reward is None:
+        return False
+    if "correct" in score.breakdown:
+        return score.breakdown["correct"] >= 1.0
+    return score.reward >= pass_threshold - 1e-9
+
+
 def per_item(groups: list[Group], k: int, pass_threshold: float = 1.0) -> dict[str, np.ndarray]:
     """Per-item pass@1, pass@k and mean reward, arrays of shape [items]: the one definition that both
     `evaluate_groups` and `rft eval compare` use. A failed grading (reward None) is a miss for
     pass@k and is left out of the item's mean reward; an item with no successful grading has a
-    mean reward of NaN (left out of averages, not counted as 0)."""
+    mean reward of NaN (left out of averages, not counted as 0). A grader whose breakdown says
+    `correct` (answer_match, math, calibration) defines a pass by it, so a reward that also pays for
+    something else (a calibration score, a format weight) does not move the pass line."""
     p1, pk, rm = [], [], []
     for g in groups:
         n = len(g.completions)
-        c = sum(r is not None and r >= pass_threshold - 1e-9 for r in g.rewards)
+        c = sum(passed(comp.score, pass_threshold) for comp in g.completions)
         valid = [r for r in g.rewards if r is not None]
         p1.append(pass_at_k(n, c, 1))
         pk.append(pass_at_k(n, c, min(k, n)))

@@ -24,6 +24,7 @@ from html import escape
 from pathlib import Path
 
 from rftkit.errors import UserError
+from rftkit.report.reasoning import reasoning_charts, reliability_chart
 from rftkit.report.sources import source_charts
 from rftkit.report.svg import (MAX_POINTS, PALETTE, Band, Bars, Series, number, bar_chart, fmt, line_chart,
                                series)
@@ -250,6 +251,7 @@ def charts(run: Run) -> list[str]:
             Series("val/pass@1", series(rows, "val/pass@1"), PALETTE[1], markers=True)], y_label="score"),
         *offline_charts(rows),
         *source_charts(rows),  # a mixture's sources (report/sources.py); none for one file
+        *reasoning_charts(rows),  # reasoning.enabled runs: thinking/answer lengths, cost (report/reasoning.py)
         _line("entropy", "Policy entropy", rows, [("actor/entropy", "entropy")], "nats / token"),
         _line("kl", "KL to reference", rows, [("actor/kl", "KL")], "per token"),
         _line("response_length", "Response length", rows,
@@ -351,7 +353,7 @@ def evaluation_section(ev: Evaluation | None, notes: list[str]) -> str:
                 f'{" + ".join(EVAL_FILES)} (the output of <code>rft eval run --out</code> for the base and the tuned '
                 "model, as <code>rft demo</code> writes them) in the run directory or the one above it.</p></section>")
     before, after = ev.before, ev.after
-    keys = ["pass@1", *[k for k in _pass_ks(before) if k in after], "reward_mean"]
+    keys = ["pass@1", *[k for k in _pass_ks(before) if k in after], "reward_mean", *(["ece"] if "ece" in after else [])]
     if before.get("grader_errors") or after.get("grader_errors"):
         keys.append("grader_errors")
     body = []
@@ -359,7 +361,7 @@ def evaluation_section(ev: Evaluation | None, notes: list[str]) -> str:
         a, b = number(before.get(k)), number(after.get(k))
         if a is None or b is None:
             continue
-        better = b < a if k == "grader_errors" else b > a
+        better = b < a if k in ("grader_errors", "ece") else b > a  # fewer errors, lower calibration error
         trend = "" if a == b else (" up" if better else " down")
         counts = k == "grader_errors"  # a count, not a rate: no decimals
         cells = (f"{a:.0f}", f"{b:.0f}", f"{b - a:+.0f}") if counts else (_num(a), _num(b), _change(a, b))
@@ -380,7 +382,11 @@ def evaluation_section(ev: Evaluation | None, notes: list[str]) -> str:
     return (f'<section id="evaluation"><h2>Held-out evaluation: base vs tuned</h2>{notes_html}{warn}'
             '<table class="evaluation"><thead><tr><th>metric</th><th>before (base)</th><th>after (tuned)</th>'
             f'<th>change</th></tr></thead><tbody>{"".join(body)}</tbody></table>'
-            f'<p class="muted">{escape(about)}</p></section>')
+            f'<p class="muted">{escape(about)}</p>{_diagram(reliability_chart(before, after))}</section>')
+
+
+def _diagram(chart: str) -> str:
+    return f'<div class="charts"><div class="chart">{chart}</div></div>' if chart else ""
 
 
 def health_box(warnings: list) -> str:
@@ -440,6 +446,9 @@ def sample_table(title: str, rows: list[dict]) -> str:
 def completion_cell(row: dict) -> str:
     if isinstance(row.get("messages"), list):  # a multi-turn episode (docs/AGENTS.md)
         return conversation(row["messages"])
+    if isinstance(row.get("reasoning"), str) and isinstance(row.get("answer"), str):  # a reasoning model's split
+        return (f'<div class="thinking"><div class="label">thinking</div><pre>{escape(_clip(row["reasoning"]))}</pre></div>'
+                f'<div class="answer"><div class="label">answer</div><pre>{escape(_clip(row["answer"]))}</pre></div>')
     return f"<pre>{escape(_clip(row.get('completion', '')))}</pre>"
 
 
@@ -558,6 +567,7 @@ pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-height: 14em
   font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre.config { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: 10px; max-height: none; }
 .error { color: #b91c1c; font-size: 12px; white-space: normal; }
+.thinking pre { color: #64748b; background: #f8fafc; } .thinking .label, .answer .label { font-size: 11px; color: #64748b; text-transform: uppercase; }
 .conversation .turn { border-left: 3px solid var(--line); padding: 2px 8px; margin: 4px 0; }
 .conversation .turn.assistant { border-color: #60a5fa; } .conversation .turn.tool { border-color: #f59e0b; }
 .conversation .turn.user { border-color: #a3a3a3; }

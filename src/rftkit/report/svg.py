@@ -207,7 +207,7 @@ def _axes(f: _Frame, x_label: str, y_label: str, x_labels: list[tuple[float, str
 
 
 def line_chart(name: str, title: str, series: list[Series], band: Band | None = None,
-               x_label: str = "step", y_label: str = "") -> str:
+               x_label: str = "step", y_label: str = "", x_integer: bool = True) -> str:
     """Lines over steps; missing points were already dropped, so a line bridges unmeasured steps."""
     series = [s for s in series if s.points]
     if band is not None and not band.points:
@@ -216,7 +216,7 @@ def line_chart(name: str, title: str, series: list[Series], band: Band | None = 
         return no_data(name, title)
     xs = [p[0] for s in series for p in s.points] + ([p[0] for p in band.points] if band else [])
     ys = [p[1] for s in series for p in s.points] + ([v for p in band.points for v in p[1:]] if band else [])
-    f = _Frame(nice_axis(min(xs), max(xs), n=6, integer=True), nice_axis(min(ys), max(ys)))
+    f = _Frame(nice_axis(min(xs), max(xs), n=6, integer=x_integer), nice_axis(min(ys), max(ys)))
     parts = _open(name, title) + _axes(f, x_label, y_label)
     legend = []
     if band is not None:

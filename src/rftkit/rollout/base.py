@@ -14,6 +14,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 64
+    think_budget: int | None = None  # reasoning.budget_tokens: at this many tokens the engine closes the thinking
+    close_ids: tuple[int, ...] = ()  # the close tag's token ids it then feeds (rollout/budget.py)
 
 
 class Engine(Protocol):

@@ -147,7 +147,8 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary, c
 
 @torch.no_grad()
 def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_tokens: int, warper, stop_ids: list[int],
-                  pad_id: int, do_sample: bool = True, keep: list | None = None, on_token=None) -> torch.Tensor:
+                  pad_id: int, do_sample: bool = True, keep: list | None = None, on_token=None,
+                  budget=None) -> torch.Tensor:
     """Generated ids [B, <= max_new_tokens] after the prompts, pad after a row's stop token.
 
     input_ids, attention: [B, P] left-padded prompts. `prefix_cache` (transformers
@@ -167,6 +168,9 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
 
     `on_token(rows, tokens)`, when given, is called after every step with the batch rows that had
     not stopped and the token each drew (its stop token included): a server streams replies from it.
+
+    `budget` (rollout/budget.py ThinkingBudget): rows at their thinking budget feed the close tag's
+    ids instead of what they drew, and the budget marks those tokens as inserted.
     """
     inner, head = decoder_parts(model)
     batch, width = input_ids.shape
@@ -195,10 +199,14 @@ def sample_tokens(model, input_ids, attention, prefix_cache, group, max_new_toke
             nxt = (probs / (noise if len(rows) == batch else noise[rows])).argmax(-1)  # [b]
         else:
             nxt = scores.argmax(-1)
+        if budget is not None:  # the close tag, inserted at the thinking budget (not sampled: loss mask 0)
+            nxt = budget.apply(rows, ~done, nxt, step)
         if on_token is not None:
             on_token(rows[~done].tolist(), nxt[~done].tolist())
         nxt = nxt.masked_fill(done, pad_id)
         generated[rows, step] = nxt
+        if budget is not None:
+            budget.observe(rows, generated, step)
         done |= torch.isin(nxt, stops)
         stopped = int(done.sum())
         if stopped == len(rows):

@@ -18,7 +18,9 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from rftkit.models import prompt_ids, stop_token_ids
 from rftkit.models.layout import supports
+from rftkit.errors import UserError
 from rftkit.rollout.base import SamplingParams
+from rftkit.rollout.budget import ThinkingBudget
 from rftkit import native
 from rftkit.rollout.decode import sample_tokens
 from rftkit.rollout.turncache import TurnCache
@@ -141,6 +143,13 @@ class HFEngine:
         sample = sampling.temperature > 0
         warper = SamplingWarper(self.stop_ids, sampling if sample else SamplingParams(1.0))
         warper.new_batch(len(prompts))
+        budget = None
+        if sampling.think_budget is not None:  # reasoning.budget_tokens: the close tag inserted at the budget
+            if not (self.lean and width > 1):
+                raise UserError("reasoning.budget_tokens needs rftkit's decode loop, which this model's layout "
+                                "does not have (models/layout.py supports); unset the budget")
+            budget = ThinkingBudget(len(prompts), sampling.think_budget, list(sampling.close_ids),
+                                    sampling.max_new_tokens, device)
         if self.lean and width > 1:
             keep = [] if reuse and self._kernel_path() else None
             hits = [self.turns.find(p) for p in prompts] if keep is not None else []
@@ -149,11 +158,12 @@ class HFEngine:
             else:
                 cache, group = self._distinct_prefill(prompts, input_ids, attention)
             new = sample_tokens(self.model, input_ids, attention, cache, group, sampling.max_new_tokens, warper,
-                                self.stop_ids, self.pad_id, do_sample=sample, keep=keep, on_token=on_token).tolist()
+                                self.stop_ids, self.pad_id, do_sample=sample, keep=keep, on_token=on_token,
+                                budget=budget).tolist()
             if keep:
                 self.turns.store(prompts, new, keep)
             self.model.train(was_training)
-            return self._completions(new, None, warper.row_entropy.tolist())
+            return self._completions(new, None, warper.row_entropy.tolist(), budget)
         cache = self._shared_prefill(prompts, input_ids, attention)
         out = self.model.generate(
             input_ids=input_ids,
@@ -189,7 +199,7 @@ class HFEngine:
         return first.device.type == "cpu" and first.dtype == torch.float32 and native.available()
 
     def _completions(self, new: list[list[int]], step_logprobs: list[list[float]] | None,
-                     entropy: list[float]) -> list[Completion]:
+                     entropy: list[float], budget: ThinkingBudget | None = None) -> list[Completion]:
         stops = set(self.stop_ids)
         result = []
         for row, ids in enumerate(new):
@@ -204,6 +214,8 @@ class HFEngine:
                     finish_reason="stop" if cut else "length",
                     entropy=entropy[row],
                     version=self.version,
+                    # the close tag a thinking budget inserted: context, not trained on
+                    loss_mask=budget.inserted(row, len(ids)) if budget is not None and budget.forced[row].any() else None,
                 )
             )
         return result

@@ -30,7 +30,9 @@ import torch
 from rftkit.agents import build_environment, run_episodes, with_episode_rewards
 from rftkit.algorithms.grpo import (ADVANTAGES, KL_ESTIMATORS, keep_informative_groups, kl_reward_penalty,
                                    overlong_penalty, sequence_kl, turn_advantages)
+from rftkit.algorithms.reasoning import linear_efficiency, rank_efficiency
 from rftkit.distributed import AheadPipeline, RayEngine, RayGraderExecutor, WorkerRequest, connect
+from rftkit.errors import UserError
 from rftkit.graders import build_grader
 from rftkit.graders.executor import GradingStats, ThreadGraderExecutor
 from rftkit.metrics import env_metrics, evaluate_groups, reasoning_metrics, rollout_metrics
@@ -76,6 +78,9 @@ class GeneratingStage(Stage):
         self.ray = None
         # vLLM missing or unable to run the architecture: exit 2 here, before any model loads
         self.engine_kind = choose_engine(cfg.rollout.engine, cfg.model.path, cfg.model.device, cfg.runtime.backend)
+        if cfg.reasoning.enabled and cfg.reasoning.budget_tokens and (self.engine_kind == "vllm" or cfg.runtime.backend == "ray"):
+            raise UserError("reasoning.budget_tokens is enforced by rftkit's local engine only: set rollout.engine=hf and "
+                            "runtime.backend=local, or unset the budget")
         if cfg.runtime.backend == "ray":  # Ray missing, an address nothing answers on, too few CPUs: exit 2 here
             rt = cfg.runtime
             self.ray = connect(rt.address, [WorkerRequest("rollout", rt.rollout_workers, rt.cpus_per_rollout_worker,
@@ -113,7 +118,11 @@ class GeneratingStage(Stage):
             self.executor = ThreadGraderExecutor(self.grader, cfg.grading.timeout_s, cfg.grading.step_budget_s,
                                                  cfg.grading.workers)
         self.sampler = self.prompts.sampler(cfg.train.seed, cfg.data.shuffle)  # by weight for a mixture
-        self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+        r = cfg.reasoning  # a thinking budget: the engine closes the block at budget_tokens (rollout/budget.py)
+        budget = r.budget_tokens if r.enabled else None
+        close_ids = tuple(tokenizer.encode(r.close_tag, add_special_tokens=False)) if budget else ()
+        self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens,
+                                       budget, close_ids)
         ahead = cfg.async_.max_off_policy_steps
         self.pipeline = (AheadPipeline(self.engine, self.executor, ahead, cfg.rollout.num_generations, self.sampling)
                          if ahead else None)
@@ -343,6 +352,11 @@ class GRPOStage(GeneratingStage):
         if algo.overlong_buffer:
             lengths = torch.tensor([[c.model_tokens for c in g.completions] for g in groups])
             rewards = rewards + algo.overlong_penalty * overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, algo.overlong_buffer)
+        r = self.cfg.reasoning
+        if r.enabled and r.efficiency != "none":  # shorter thinking among correct answers (algorithms/reasoning.py)
+            thinking = torch.tensor([[c.thinking_tokens or 0 for c in g.completions] for g in groups])
+            rewards = (linear_efficiency(rewards, thinking, r.budget_tokens or self.cfg.rollout.max_new_tokens, r.efficiency_alpha)
+                       if r.efficiency == "linear" else rank_efficiency(rewards, thinking, r.efficiency_alpha))
         if rows is None or not self.kl_in_reward:
             return rewards, None
         ref = self.policy.reference_logprobs(rows, self.cfg.rollout.temperature)  # at sampling time, like `old`
@@ -390,7 +404,7 @@ class GRPOStage(GeneratingStage):
         if algo.dynamic_sampling:
             metrics.update({"dynamic/groups_kept": len(batch), "dynamic/groups_generated": len(every.groups),
                             "dynamic/refill_rounds": every.rounds - 1})
-        if algo.overlong_buffer:
+        if algo.overlong_buffer or (self.cfg.reasoning.enabled and self.cfg.reasoning.efficiency != "none"):
             metrics["critic/shaped_rewards/mean"] = float(torch.nanmean(rewards)) if batch else float("nan")
         return metrics
 
