@@ -20,15 +20,21 @@ DEFAULT_MODEL = "bundled:tiny-arith"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+BUILD_SCRIPTS = {"tiny-arith": "build_tiny_model.py", "tiny-tools": "build_tiny_tools_model.py",
+                 "tiny-reason": "build_tiny_reasoning_model.py"}  # scripts/ that build each bundled model
+
+
 def resolve_model_path(spec: str) -> str:
     """`bundled:NAME` -> the asset folder; an existing folder -> itself; anything else is a hub name."""
     if spec.startswith(BUNDLED_PREFIX):
         path = ASSETS / spec[len(BUNDLED_PREFIX):]
         if not (path / "config.json").exists():
             available = sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").exists()) if ASSETS.exists() else []
+            name = spec[len(BUNDLED_PREFIX):]
+            script = BUILD_SCRIPTS.get(name, "build_tiny_model.py")
             raise UserError(
                 f"bundled model {spec!r} not found in {ASSETS}; available: {available or 'none'} "
-                f"(build it with `python scripts/build_tiny_model.py`)"
+                f"(build it with `python scripts/{script}`)"
             )
         return str(path)
     path = Path(spec).expanduser()
