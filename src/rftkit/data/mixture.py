@@ -73,11 +73,12 @@ class SourceItems(Sequence):
             raise IndexError(index)
         s = bisect.bisect_right(self.offsets, index) - 1
         item = self.sources[s][index - self.offsets[s]]
-        return item if item.source == self.names[s] else _tagged(item, self.names[s])
+        return item if item.source == self.names[s] else tagged(item, self.names[s])
 
     def source_index(self, index: int) -> int:
         return bisect.bisect_right(self.offsets, index) - 1
 
 
-def _tagged(item: Item, name: str) -> Item:
+def tagged(item: Item, name: str) -> Item:
+    """A copy of `item` marked as drawn from source `name`."""
     return replace(item, source=name)

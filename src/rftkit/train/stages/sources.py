@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rftkit.data.loaders import load_source
-from rftkit.data.mixture import MixtureSampler, SourceItems
+from rftkit.data.mixture import MixtureSampler, SourceItems, tagged
 from rftkit.data.sampler import PromptSampler
 from rftkit.graders import check_grader_items
 from rftkit.types import Group, Item
@@ -64,13 +64,9 @@ def load_prompts(cfg, grader) -> Prompts:
         g, where = (graders[s.name], f"data.train[{s.name}].grader") if s.name in graders else (grader, "grader")
         per_source.append(load(s.path, s.format, s.columns, g, where))
         if s.val:
-            source_val[s.name] = [_tag(item, s.name) for item in load(s.val, s.format, s.columns, g, where)]
+            source_val[s.name] = [tagged(item, s.name) for item in load(s.val, s.format, s.columns, g, where)]
     names = [s.name for s in sources]
     return Prompts(SourceItems(names, per_source), val, source_val, names, [s.weight for s in sources])
-
-
-def _tag(item: Item, name: str) -> Item:
-    return SourceItems([name], [[item]])[0]
 
 
 def source_metrics(groups: list[Group], names: list[str]) -> dict[str, float]:
